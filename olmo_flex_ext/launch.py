@@ -1,0 +1,83 @@
+"""Run a train config: ``torchrun --nproc-per-node=N -m olmo_flex_ext.launch CONFIG.py [--dry-run]
+[--dotted.key=value ...]``.
+
+OLMo-core has no runnable ``olmo_core.launch`` module (its ``launch`` package is for Beaker); this
+is that entry point for this project. One process runs without a process group; several ranks use
+gloo on CPU and NCCL on CUDA and must set ``train_module.dp_config``. Running the same command again
+with the same ``trainer.save_folder`` resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from rich.console import Console
+
+from .errors import user_errors
+
+__all__ = ["main", "describe"]
+
+
+def describe(config) -> str:
+    """A short summary of an experiment: parameter counts and expert widths per layer."""
+    from .models import expert_widths_per_layer
+
+    model = config.model
+    lines = [
+        f"total params:  {model.num_params / 1e9:.2f}B ({model.num_params:,d})",
+        f"active params: {model.num_active_params / 1e9:.2f}B ({model.num_active_params:,d})",
+    ]
+    try:
+        per_layer = expert_widths_per_layer(model)
+    except Exception:  # a model without variable-width MoE layers
+        return "\n".join(lines)
+    runs: List[str] = []
+    start = 0
+    for i in range(1, len(per_layer) + 1):
+        if i == len(per_layer) or per_layer[i] != per_layer[start]:
+            span = f"{start}" if i - 1 == start else f"{start}-{i - 1}"
+            runs.append(f"  layers {span}: {per_layer[start]}")
+            start = i
+    return "\n".join(lines + ["expert widths:"] + runs)
+
+
+def parse_args(argv: Optional[List[str]] = None):
+    parser = argparse.ArgumentParser(
+        prog="python -m olmo_flex_ext.launch",
+        description="Run a train config (a .py file defining build_config()) with OLMo-core.",
+    )
+    parser.add_argument("config", help="train config file, e.g. train_configs/tiny_flex.py")
+    parser.add_argument("--dry-run", action="store_true", help="print the config and exit")
+    return parser.parse_known_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args, overrides = parse_args(argv)
+    console = Console()
+    with user_errors():
+        from .experiment import check_parallelism, load_experiment
+
+        config = load_experiment(args.config, overrides)
+        check_parallelism(config)
+        if args.dry_run:
+            console.print(config)
+            console.print(describe(config))
+            return 0
+
+    from olmo_core.train import prepare_training_environment, teardown_training_environment
+
+    from .experiment import distributed_backend, train
+
+    prepare_training_environment(backend=distributed_backend())
+    try:
+        with user_errors():
+            train(config)
+    finally:
+        teardown_training_environment()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""A mixture of SwiGLU experts where every expert has its own width.
+
+OLMo-core's MoE layers give all experts of a layer one ``hidden_size`` and need CUDA kernels for
+their forward pass. :class:`VariableMoE` keeps OLMo-core's router, auxiliary losses, metrics and
+parameter names (``experts.mlp.w1/w2/w3``, each ``(sum of widths, d_model)`` with expert 0's rows
+first), and computes the experts in plain torch so it runs on CPU and CUDA alike:
+
+- every token visits every expert (``top_k == num_experts``, FlexOlmo 2x7B): the layer is one
+  SwiGLU MLP over the concatenated width whose activations are scaled by the router probability of
+  the expert they belong to, i.e. three dense matmuls and no per-token dispatch;
+- otherwise tokens are grouped by expert and each expert runs on its own tokens only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from olmo_core.config import DType
+from olmo_core.distributed.utils import get_local_tensor
+from olmo_core.exceptions import OLMoConfigurationError
+from olmo_core.nn.buffer_cache import BufferCache
+from olmo_core.nn.moe import MoEBase, MoEConfig
+from olmo_core.nn.moe.mlp import MoEMLPBase
+from olmo_core.nn.moe.parallel_mlp import ParallelMLPBase
+from olmo_core.nn.moe.router import MoERouterConfig
+
+__all__ = [
+    "VariableMoEConfig",
+    "VariableMoE",
+    "VariableExperts",
+    "VariableMoEMLP",
+    "ExpertProbe",
+    "ExpertRouting",
+    "validate_widths",
+]
+
+
+def validate_widths(widths: Sequence[int], num_experts: int, top_k: int) -> None:
+    """Raise :class:`OLMoConfigurationError` naming the problem if the widths are unusable."""
+    if len(widths) == 0:
+        raise OLMoConfigurationError(
+            "expert_widths is empty: give one MLP width per expert, e.g. expert_widths=[11008, 5504]"
+        )
+    bad = [w for w in widths if not isinstance(w, int) or isinstance(w, bool) or w <= 0]
+    if bad:
+        raise OLMoConfigurationError(
+            f"expert_widths={list(widths)} has a width that is not a positive integer ({bad[0]!r}); "
+            "every expert needs at least one neuron"
+        )
+    if len(widths) != num_experts:
+        raise OLMoConfigurationError(
+            f"expert_widths has {len(widths)} entries but num_experts={num_experts}: "
+            "give exactly one width per expert"
+        )
+    if not 1 <= top_k <= num_experts:
+        raise OLMoConfigurationError(
+            f"router.top_k={top_k} must be between 1 and num_experts={num_experts}"
+        )
+
+
+@dataclass
+class VariableMoEConfig(MoEConfig):
+    """An :class:`~olmo_core.nn.moe.MoEConfig` with one MLP width per expert.
+
+    ``hidden_size`` is ignored (kept for compatibility with OLMo-core's config); ``num_experts``
+    must equal ``len(expert_widths)``.
+    """
+
+    expert_widths: List[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        validate_widths(self.expert_widths, self.num_experts, self.router.top_k)
+        self.hidden_size = max(self.expert_widths)
+
+    @property
+    def total_width(self) -> int:
+        return sum(self.expert_widths)
+
+    def num_params(self, d_model: int) -> int:
+        return self.router.num_params(d_model, self.num_experts) + 3 * d_model * self.total_width
+
+    def num_active_params(self, d_model: int) -> int:
+        """Parameters a token can touch: the router plus the ``top_k`` widest experts."""
+        widest = sorted(self.expert_widths, reverse=True)[: self.router.top_k]
+        return self.router.num_params(d_model, self.num_experts) + 3 * d_model * sum(widest)
+
+    def build(
+        self,
+        d_model: int,
+        *,
+        n_layers: int = 1,
+        init_device: str = "cpu",
+        cache: Optional[BufferCache] = None,
+    ) -> "VariableMoE":
+        validate_widths(self.expert_widths, self.num_experts, self.router.top_k)
+        if self.shared_mlp is not None or self.latent_moe is not None:
+            raise OLMoConfigurationError(
+                "VariableMoEConfig supports neither shared_mlp nor latent_moe; set both to None"
+            )
+        return VariableMoE(
+            d_model=d_model,
+            num_experts=self.num_experts,
+            hidden_size=max(self.expert_widths),
+            expert_widths=list(self.expert_widths),
+            router=self.router,
+            init_device=init_device,
+            lb_loss_weight=self.lb_loss_weight,
+            lb_loss_granularity=self.lb_loss_granularity,
+            z_loss_weight=self.z_loss_weight,
+            scale_loss_by_num_layers=self.scale_loss_by_num_layers,
+            n_layers=n_layers,
+            dtype=DType(self.dtype).as_pt(),
+            cache=cache,
+        )
+
+
+def variable_moe_config(
+    expert_widths: Sequence[int],
+    top_k: int,
+    *,
+    lb_loss_weight: Optional[float] = 0.01,
+    z_loss_weight: Optional[float] = 0.001,
+    dtype: DType = DType.float32,
+) -> VariableMoEConfig:
+    """Shorthand for a :class:`VariableMoEConfig` with OLMo-core's default router."""
+    return VariableMoEConfig(
+        num_experts=len(expert_widths),
+        hidden_size=max(expert_widths) if len(expert_widths) else 0,
+        expert_widths=list(expert_widths),
+        router=MoERouterConfig(top_k=top_k),
+        lb_loss_weight=lb_loss_weight,
+        z_loss_weight=z_loss_weight,
+        dtype=dtype,
+    )
+
+
+@dataclass
+class ExpertRouting:
+    """Which tokens an expert's activations belong to (passed to :class:`ExpertProbe` hooks)."""
+
+    expert: int
+    """Index of the expert."""
+    tokens: Optional[torch.Tensor]
+    """Flat token indices into the ``(batch * seq_len)`` input, or ``None`` for all tokens."""
+    weights: torch.Tensor
+    """Router probability of this expert for each of those tokens, shape ``(n,)``."""
+    batch_shape: torch.Size
+    """Leading shape of the MoE input, e.g. ``(batch, seq_len)``."""
+
+
+class ExpertProbe(nn.Module):
+    """Identity on one expert's SwiGLU activations (the input to ``w2``), shape ``(n, width)``.
+
+    It exists so analyses such as neuron importance can observe activations with a plain
+    ``register_forward_hook``; the hook's ``args`` are ``(activations, routing)``.
+    """
+
+    def forward(self, activations: torch.Tensor, routing: ExpertRouting) -> torch.Tensor:
+        del routing
+        return activations
+
+
+class VariableMoEMLP(MoEMLPBase):
+    """The experts' weights, stored like OLMo-core's dropless MLP but with ragged widths."""
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        expert_widths: Sequence[int],
+        dtype: torch.dtype = torch.float32,
+        init_device: str = "cpu",
+    ):
+        widths = [int(w) for w in expert_widths]
+        super().__init__(d_model=d_model, hidden_size=max(widths), num_experts=len(widths))
+        self.expert_widths = widths
+        self.offsets = [0]
+        for w in widths:
+            self.offsets.append(self.offsets[-1] + w)
+        total = self.offsets[-1]
+        self.w1 = nn.Parameter(torch.empty(total, d_model, device=init_device, dtype=dtype))
+        self.w2 = nn.Parameter(torch.empty(total, d_model, device=init_device, dtype=dtype))
+        self.w3 = nn.Parameter(torch.empty(total, d_model, device=init_device, dtype=dtype))
+        self.probe = ExpertProbe()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for w in (self.w1, self.w2, self.w3):
+            nn.init.trunc_normal_(w, std=0.02, a=-0.06, b=0.06)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, expert_widths={self.expert_widths}"
+
+    def _apply_ep_refused(self, *args, **kwargs):
+        raise OLMoConfigurationError(
+            "expert/tensor parallelism is not supported for variable-width experts; "
+            "use data parallelism (FSDP, HSDP or DDP) instead"
+        )
+
+    apply_ep = _apply_ep_refused
+    apply_tp = _apply_ep_refused
+
+    def expert_slice(self, expert: int) -> slice:
+        return slice(self.offsets[expert], self.offsets[expert + 1])
+
+    def _probing(self) -> bool:
+        return bool(self.probe._forward_hooks or self.probe._forward_pre_hooks)
+
+    def forward_dense(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """All experts on all tokens. ``x``: ``(N, d_model)``, ``probs``: ``(N, num_experts)``."""
+        w1, w2, w3 = (get_local_tensor(w) for w in (self.w1, self.w2, self.w3))
+        x = x.type_as(w1)
+        act = F.silu(x @ w1.t()) * (x @ w3.t())
+        if self._probing():
+            for e in range(self.num_experts):
+                routing = ExpertRouting(e, None, probs[:, e], x.shape[:-1])
+                self.probe(act[:, self.expert_slice(e)], routing)
+        widths = torch.tensor(self.expert_widths, device=x.device)
+        scale = probs.to(act.dtype).repeat_interleave(widths, dim=1, output_size=act.shape[1])
+        return (act * scale) @ w2
+
+    def forward_routed(
+        self, x: torch.Tensor, expert_weights: torch.Tensor, expert_indices: torch.Tensor
+    ) -> torch.Tensor:
+        """Each expert on the tokens routed to it. ``expert_*``: ``(N, top_k)``."""
+        w1, w2, w3 = (get_local_tensor(w) for w in (self.w1, self.w2, self.w3))
+        x = x.type_as(w1)
+        top_k = expert_indices.shape[-1]
+        flat_experts = expert_indices.reshape(-1)
+        order = torch.argsort(flat_experts, stable=True)
+        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
+        tokens_sorted = order // top_k
+        weights_sorted = expert_weights.reshape(-1)[order]
+        out = torch.zeros_like(x)
+        start = 0
+        for e, count in enumerate(counts):
+            if count == 0:
+                continue
+            tokens = tokens_sorted[start : start + count]
+            weights = weights_sorted[start : start + count]
+            start += count
+            s = self.expert_slice(e)
+            xe = x.index_select(0, tokens)
+            act = F.silu(xe @ w1[s].t()) * (xe @ w3[s].t())
+            if self._probing():
+                self.probe(act, ExpertRouting(e, tokens, weights, x.shape[:-1]))
+            out.index_add_(0, tokens, (act @ w2[s]) * weights.unsqueeze(-1).to(act.dtype))
+        return out
+
+
+class VariableExperts(ParallelMLPBase):
+    """Dispatches routed tokens to :class:`VariableMoEMLP` (no expert parallelism)."""
+
+    mlp: VariableMoEMLP
+
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        expert_weights: torch.Tensor,
+        expert_indices: torch.Tensor,
+        batch_size_per_expert: torch.Tensor,
+    ) -> torch.Tensor:
+        del batch_size_per_expert
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        top_k = expert_indices.shape[-1]
+        weights = expert_weights.reshape(-1, top_k)
+        indices = expert_indices.reshape(-1, top_k)
+        if top_k == self.num_experts:
+            probs = torch.zeros(
+                x2.shape[0], self.num_experts, device=x.device, dtype=weights.dtype
+            ).scatter(1, indices, weights)
+            out = self.mlp.forward_dense(x2, probs)
+        else:
+            out = self.mlp.forward_routed(x2, weights, indices)
+        return out.reshape(shape).to(x.dtype)
+
+
+class VariableMoE(MoEBase):
+    """OLMo-core MoE layer (stock router and losses) over experts of different widths."""
+
+    experts: VariableExperts
+
+    def _init_parallel_mlp(  # type: ignore[override]
+        self,
+        *,
+        d_model: int,
+        num_experts: int,
+        hidden_size: int,
+        expert_widths: Sequence[int],
+        dtype: torch.dtype = torch.float32,
+        init_device: str = "cpu",
+        cache: Optional[BufferCache] = None,
+    ) -> VariableExperts:
+        del hidden_size
+        if len(expert_widths) != num_experts:
+            raise OLMoConfigurationError(
+                f"{len(expert_widths)} expert widths for {num_experts} experts"
+            )
+        mlp = VariableMoEMLP(
+            d_model=d_model, expert_widths=expert_widths, dtype=dtype, init_device=init_device
+        )
+        return VariableExperts(mlp=mlp, top_k=self.router.top_k, cache=cache)
+
+    @property
+    def expert_widths(self) -> List[int]:
+        return list(self.experts.mlp.expert_widths)

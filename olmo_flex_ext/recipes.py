@@ -1,0 +1,148 @@
+"""Building blocks of train configs: one function assembles an :class:`ExperimentConfig` from the
+settings a user changes (model, data, batch sizes, learning rate, run folder, W&B project).
+
+Train configs in ``train_configs/`` call :func:`flex_experiment` and add what their run needs
+(pruning, distillation); every setting stays overridable from the command line.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from olmo_core.data import NumpyDataLoaderConfig, NumpyFSLDatasetConfig, TokenizerConfig
+from olmo_core.data.types import NumpyDatasetDType
+from olmo_core.distributed.parallel import DataParallelType
+from olmo_core.nn.transformer import TransformerConfig
+from olmo_core.optim import AdamWConfig, CosWithWarmup
+from olmo_core.train import Duration, TrainerConfig
+from olmo_core.train.callbacks import Callback, CheckpointerCallback, ConfigSaverCallback
+from olmo_core.train.train_module import (
+    TransformerDataParallelConfig,
+    TransformerTrainModuleConfig,
+)
+
+from .callbacks import FlexWandBCallback
+from .data.tokens import token_dtype
+from .experiment import ExperimentConfig
+
+__all__ = ["flex_experiment", "fsdp", "TINY_TOKENIZER"]
+
+TINY_TOKENIZER = TokenizerConfig(vocab_size=512, eos_token_id=0, pad_token_id=1)
+"""Tokenizer of the synthetic tiny data (ids 0..511, EOS 0)."""
+
+
+def fsdp() -> TransformerDataParallelConfig:
+    """FSDP2 in float32 (used when the run has several ranks; ignored for one process)."""
+    return TransformerDataParallelConfig(name=DataParallelType.fsdp)
+
+
+def flex_experiment(
+    *,
+    model: TransformerConfig,
+    data_paths: List[str],
+    tokenizer: TokenizerConfig,
+    save_folder: str,
+    sequence_length: int,
+    global_batch_tokens: int,
+    microbatch_tokens: int,
+    max_duration: Duration,
+    lr: float,
+    warmup_steps: int = 0,
+    weight_decay: float = 0.0,
+    max_grad_norm: Optional[float] = 1.0,
+    save_interval: int = 1000,
+    ephemeral_save_interval: Optional[int] = None,
+    wandb_project: Optional[str] = "olmo-flex",
+    wandb_name: Optional[str] = None,
+    load_path: Optional[str] = None,
+    metrics_collect_interval: int = 5,
+    seed: int = 12536,
+    extra_callbacks: Optional[Dict[str, Callback]] = None,
+) -> ExperimentConfig:
+    """An experiment training ``model`` on OLMo-core token files with AdamW and cosine decay."""
+    dataset = NumpyFSLDatasetConfig(
+        paths=data_paths,
+        expand_glob=any(ch in p for p in data_paths for ch in "*?["),
+        sequence_length=sequence_length,
+        tokenizer=tokenizer,
+        dtype=NumpyDatasetDType(token_dtype(tokenizer.padded_vocab_size()).__name__),
+        work_dir=f"{save_folder}/dataset-cache",
+    )
+    data_loader = NumpyDataLoaderConfig(
+        global_batch_size=global_batch_tokens, seed=seed, num_workers=0
+    )
+    train_module = TransformerTrainModuleConfig(
+        rank_microbatch_size=microbatch_tokens,
+        max_sequence_length=sequence_length,
+        optim=AdamWConfig(lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95)),
+        scheduler=CosWithWarmup(warmup=warmup_steps),
+        max_grad_norm=max_grad_norm,
+        dp_config=fsdp(),
+    )
+    callbacks: Dict[str, Callback] = {
+        "checkpointer": CheckpointerCallback(
+            save_interval=save_interval,
+            ephemeral_save_interval=ephemeral_save_interval,
+            save_async=False,
+        ),
+        "config_saver": ConfigSaverCallback(),
+        "wandb": FlexWandBCallback(
+            enabled=wandb_project is not None,
+            project=wandb_project,
+            name=wandb_name,
+            cancel_tags=None,
+        ),
+    }
+    callbacks.update(extra_callbacks or {})
+    trainer = TrainerConfig(
+        save_folder=save_folder,
+        save_overwrite=False,
+        metrics_collect_interval=metrics_collect_interval,
+        cancel_check_interval=10,
+        max_duration=max_duration,
+        callbacks=callbacks,
+    )
+    return ExperimentConfig(
+        model=model,
+        dataset=dataset,
+        data_loader=data_loader,
+        train_module=train_module,
+        trainer=trainer,
+        init_seed=seed,
+        load_path=load_path,
+    )
+
+
+DATA_ROOT_ENV = "OLMO_FLEX_DATA_ROOT"
+
+
+def data_root(default: str) -> str:
+    """Where train configs look for token data: ``$OLMO_FLEX_DATA_ROOT`` or ``default``."""
+    import os
+
+    return os.environ.get(DATA_ROOT_ENV, default)
+
+
+def flex_math_7b(domain_width: int) -> ExperimentConfig:
+    """Flex-math-2x7B-1T with the math expert at ``domain_width``: the seed's 7B settings
+    (AdamW, lr 2e-4 with cosine decay, 12 x 4096 = 49,152 tokens per step, ~228M tokens)."""
+    from .models import flex_olmo_2x7b
+
+    seq = 4096
+    root = data_root("/data/olmo-flex")
+    return flex_experiment(
+        model=flex_olmo_2x7b(domain_width),
+        data_paths=[f"{root}/dolmino-math/*.npy"],
+        tokenizer=TokenizerConfig.dolma2(),
+        save_folder=f"runs/flex_math_{domain_width}",
+        sequence_length=seq,
+        global_batch_tokens=12 * seq,
+        microbatch_tokens=seq,
+        max_duration=Duration.tokens(228_000_000),
+        lr=2e-4,
+        warmup_steps=100,
+        save_interval=500,
+        ephemeral_save_interval=100,
+        wandb_project="olmo-flex",
+        wandb_name=f"flex-math-{domain_width}",
+    )

@@ -1,0 +1,11 @@
+"""Flex-math-2x7B-1T with the math expert at width 5504 (public expert 11008).
+
+    torchrun --nproc-per-node=8 -m olmo_flex_ext.launch train_configs/flex_math_5504.py \
+        --trainer.save_folder=/shared/runs/flex_math_5504 --dataset.paths='[/data/math/*.npy]'
+"""
+
+from olmo_flex_ext.recipes import flex_math_7b
+
+
+def build_config():
+    return flex_math_7b(5504)
