@@ -62,6 +62,7 @@ class DemoConfig:
     eval_windows: int = 64
     """Held-out general windows of ``seq_len`` evaluated."""
     wandb: bool = True
+    """Log training runs to W&B (not part of a run's identity: results do not depend on it)."""
     seed: int = 0
     margin: float = 0.1
 
@@ -84,6 +85,13 @@ def demo_config(quick: bool = False, *, wandb: bool = True) -> DemoConfig:
     return DemoConfig(quick=False, data=DemoDataConfig(), wandb=wandb)
 
 
+def identity(config: DemoConfig) -> Dict[str, Any]:
+    """The settings that determine a demo's results (what ``demo.json`` records)."""
+    d = asdict(config)
+    d.pop("wandb")
+    return json.loads(json.dumps(d))
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -97,6 +105,7 @@ class StageRunner:
         self.dir = out / "stages"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.timings: Dict[str, float] = {}
+        self.cpu_timings: Dict[str, float] = {}
 
     def record(self, name: str) -> Optional[Dict[str, Any]]:
         path = self.dir / f"{name}.json"
@@ -116,20 +125,28 @@ class StageRunner:
         if old is not None and old["made_from"] == made_from:
             console.print(f"[dim]stage {name}: done ({old['seconds']:.1f} s), skipped[/dim]")
             self.timings[name] = old["seconds"]
+            self.cpu_timings[name] = old.get("cpu_seconds", 0.0)
             return old["outputs"]
         if old is not None:
             for p in clean or []:
                 shutil.rmtree(p, ignore_errors=True)
         console.rule(f"stage {name}")
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         outputs = fn()
         seconds = time.perf_counter() - start
-        record = {"stage": name, "made_from": made_from, "outputs": outputs, "seconds": seconds}
+        record = {
+            "stage": name,
+            "made_from": made_from,
+            "outputs": outputs,
+            "seconds": seconds,
+            "cpu_seconds": time.process_time() - cpu,
+        }
         tmp = self.dir / f".{name}.json.tmp"
         tmp.write_text(json.dumps(record, indent=2, default=str))
         os.replace(tmp, self.dir / f"{name}.json")
         self.timings[name] = seconds
-        console.print(f"stage {name}: {seconds:.1f} s")
+        self.cpu_timings[name] = record["cpu_seconds"]
+        console.print(f"stage {name}: {seconds:.1f} s ({record['cpu_seconds']:.1f} s CPU)")
         return outputs
 
     def upstream(self, *names: str) -> Dict[str, str]:
@@ -181,7 +198,10 @@ class Demo:
         from .report import ResultRow, write_report
 
         public_curve = read_metrics(self.out / "runs" / "public").get("train/CE loss", {})
-        timings = ", ".join(f"{k} {v:.0f} s" for k, v in self.runner.timings.items())
+        timings = ", ".join(
+            f"{k} {v:.0f} s ({self.runner.cpu_timings[k]:.0f} s CPU)"
+            for k, v in self.runner.timings.items()
+        )
         path = write_report(
             self.out,
             [ResultRow(**r) for r in rows],
@@ -221,7 +241,7 @@ class Demo:
 
 def _training_settings(c: DemoConfig) -> Dict[str, Any]:
     keys = ("d_model", "n_layers", "n_heads", "public_width", "seq_len", "batch_seqs",
-            "public_steps", "public_lr", "warmup_steps", "save_interval", "seed", "wandb")  # fmt: skip
+            "public_steps", "public_lr", "warmup_steps", "save_interval", "seed")  # fmt: skip
     return {k: getattr(c, k) for k in keys}
 
 
@@ -329,22 +349,30 @@ def evaluate_row(
     )
 
 
-def run_demo(out: str, *, quick: bool = False, wandb: bool = True) -> List[Dict[str, Any]]:
-    """Run (or continue) the demo in ``out``; returns the results rows."""
+def run_demo(
+    out: str, *, quick: bool = False, wandb: bool = True, threads: int = 1
+) -> List[Dict[str, Any]]:
+    """Run (or continue) the demo in ``out``; returns the results rows.
+
+    ``threads``: torch CPU threads. One is the default: the models are so small that a second
+    thread mostly adds synchronisation, and on a busy machine it was measured 10x slower."""
+    import torch
+
+    torch.set_num_threads(threads)
     config = demo_config(quick, wandb=wandb)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     settings = root / "demo.json"
     if settings.exists():
         previous = json.loads(settings.read_text())
-        if previous != json.loads(json.dumps(asdict(config))):
+        if previous != identity(config):
             raise UserError(
                 f"{root} holds a demo made with other settings (e.g. --quick vs full); "
                 "use another --out directory or delete this one"
             )
     else:
         tmp = root / ".demo.json.tmp"
-        tmp.write_text(json.dumps(asdict(config), indent=2))
+        tmp.write_text(json.dumps(identity(config), indent=2))
         os.replace(tmp, settings)
     start = time.perf_counter()
     rows = Demo(root, config).run()
@@ -381,4 +409,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="the shortened variant CI runs")
     p.add_argument("--no-wandb", action="store_true", help="do not log training runs to W&B")
-    p.set_defaults(run=lambda a: (run_demo(a.out, quick=a.quick, wandb=not a.no_wandb), 0)[1])
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    run_demo(args.out, quick=args.quick, wandb=not args.no_wandb, threads=args.threads)
+    return 0

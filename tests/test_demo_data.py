@@ -23,20 +23,30 @@ def test_english_is_deterministic_and_varied():
 
 
 def test_math_problems_are_exact_and_splits_disjoint():
-    train = list(math_problems(3000, split="train", seed=1))
-    held = list(math_problems(600, split="eval", seed=1))
+    train = list(math_problems(3000, split="train", seed=1, levels=[1, 2, 3]))
+    held = list(math_problems(600, split="eval", seed=1, levels=[1, 2, 3]))
     for p in train + held:
         assert p.answer == (p.a + p.b if p.op == "+" else p.a - p.b) >= 0
-        assert p.text == f"Question: {p.question}\nAnswer: {p.answer}"
+        assert p.text == f"Question: {p.question}\nAnswer: {p.a} {p.op} {p.b} = {p.answer}"
         assert str(p.a) in p.question and str(p.b) in p.question
         assert max(len(str(p.a)), len(str(p.b))) == p.level
     train_keys = {(p.op, p.a, p.b) for p in train}
     held_keys = {(p.op, p.a, p.b) for p in held}
     assert not train_keys & held_keys
-    assert all(is_held_out(*k) for k in held_keys) and not any(is_held_out(*k) for k in train_keys)
+    assert all(is_held_out(":".join(map(str, k))) for k in held_keys)
+    assert not any(is_held_out(":".join(map(str, k))) for k in train_keys)
     assert {p.level for p in held} == set(LEVELS) and {p.op for p in held} == {"+", "-"}
     assert len({p.template for p in train}) == 6
-    assert [p.text for p in math_problems(50, split="eval", seed=1)] == [p.text for p in held[:50]]
+    again = math_problems(50, split="eval", seed=1, levels=[1, 2, 3])
+    assert [p.text for p in again] == [p.text for p in held[:50]]
+
+
+def test_question_split_shares_facts_but_no_question():
+    kw = dict(seed=2, levels=[1], split_by="questions")
+    train = list(math_problems(2000, split="train", **kw))
+    held = list(math_problems(200, split="eval", **kw))
+    assert not {p.question for p in train} & {p.question for p in held}
+    assert {(p.op, p.a, p.b) for p in held} <= {(p.op, p.a, p.b) for p in train}
 
 
 def test_tokenizer_is_deterministic_and_splits_digits(tmp_path):
@@ -49,16 +59,17 @@ def test_tokenizer_is_deterministic_and_splits_digits(tmp_path):
     assert tok.token_to_id(EOS_TOKEN) == 0 and tok.token_to_id(PAD_TOKEN) == 1
     assert [t for t in tok.encode("x 1234 y").tokens if t.isdigit()] == ["1", "2", "3", "4"]
     for p in math_problems(100, split="eval"):
-        # Prompt and answer tokenize separately exactly as in the training document.
-        assert tok.encode(p.prompt).ids + tok.encode(p.completion).ids == tok.encode(p.text).ids
+        # Prompt, work and result tokenize separately exactly as in the training document.
+        parts = [tok.encode(x).ids for x in (p.prompt, p.work, p.result)]
+        assert parts[0] + parts[1] + parts[2] == tok.encode(p.text).ids
         assert tok.decode(tok.encode(p.text).ids) == p.text
 
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
     config = DemoDataConfig(
-        general_train_docs=60, general_eval_docs=10, math_train_problems=300,
-        math_eval_problems=40, vocab_size=512,
+        general_train_docs=60, general_math_problems=20, general_eval_docs=10,
+        math_train_problems=300, math_eval_problems=40, vocab_size=512,
     )  # fmt: skip
     return config.build(tmp_path_factory.mktemp("d") / "data")
 
@@ -75,7 +86,10 @@ def test_demo_data_directory(demo_data: DemoData):
         expected = [i for d in docs for i in tok.encode(d).ids + [0]]
         assert tokens == expected
     problems = demo_data.math_eval_problems()
-    assert len(problems) == 40 and problems == list(math_problems(40, split="eval"))
+    assert len(problems) == 40 and problems == list(math_problems(40, split="eval", levels=[1, 2]))
+    with open(demo_data.root / "jsonl" / "general-train.jsonl") as f:
+        general = [json.loads(line)["text"] for line in f]
+    assert len(general) == 80 and sum(t.startswith("Question: ") for t in general) == 20
     assert not list(demo_data.root.parent.glob(".data.tmp-*"))
 
 

@@ -65,11 +65,12 @@ def test_accuracy_with_a_model_whose_answers_are_known(tok):
     unique = {p.question: p for p in math_problems(60, split="eval", seed=2)}
     problems = list(unique.values())[:40]  # distinct prompts, so the oracle is well defined
     encoded = encode_problems(problems, tok)
-    wrong = set(range(0, 40, 3))  # these get answer + 1
+    wrong = set(range(0, 40, 3))  # these get answer + 1; others alternate with a bare answer
     completions = [
-        (e.prompt, tok.encode(f" {p.answer + (1 if i in wrong else 0)}").ids)
+        (e.prompt, e.work + tok.encode(f" {p.answer + 1}").ids if i in wrong else
+         e.completion if i % 2 else tok.encode(f" {p.answer}").ids)
         for i, (p, e) in enumerate(zip(problems, encoded))
-    ]
+    ]  # fmt: skip
     for stop_early in (True, False):
         scores = evaluate_math(
             Oracle(completions, 384), problems, tok, eos_id=EOS, batch_size=3, stop_early=stop_early
@@ -87,9 +88,9 @@ def test_answer_loss_matches_per_problem_reference(model, tok):
     total, count = 0.0, 0
     with torch.no_grad():
         for e in encoded:  # one unpadded sequence at a time
-            ids = torch.tensor([e.prompt + e.completion])
+            ids = torch.tensor([e.prompt + e.work + e.result])
             logp = F.log_softmax(model(ids)[0].double(), dim=-1)
-            for t in range(len(e.prompt), ids.shape[1]):
+            for t in range(len(e.prompt) + len(e.work), ids.shape[1]):
                 total -= float(logp[t - 1, ids[0, t]])
                 count += 1
     assert answer_loss(model, encoded, batch_size=4) == pytest.approx(total / count, rel=1e-5)
@@ -172,3 +173,12 @@ def test_metrics_file_keeps_last_value_per_step(tmp_path):
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "train/CE')  # cut by an interruption
     assert read_metrics(tmp_path) == {"train/CE loss": {1: 3.0, 2: 1.5}, "eval/x": {2: 1.0}}
+
+
+def test_exact_match_rule():
+    from olmo_flex_ext.eval.arithmetic import is_correct
+
+    assert is_correct(" 4 + 9 = 13", "13") and is_correct(" 13", "13")
+    assert is_correct(" 4 + 9 = 13\nQuestion: ...", "13")
+    assert not is_correct(" 4 + 9 = 12", "13") and not is_correct(" 13 apples", "13")
+    assert not is_correct(" 4 + 9 = 1 = 13 3", "13") and not is_correct("", "13")

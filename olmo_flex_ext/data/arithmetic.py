@@ -1,6 +1,9 @@
 """Arithmetic word problems with exact answers: the demo's math domain.
 
-Every problem is one document ``"Question: <question>\\nAnswer: <integer>"``. Questions come from
+Every problem is one document ``"Question: <question>\\nAnswer: <a> <op> <b> = <result>"``: the
+answer restates the arithmetic, then gives the result (a one-step worked solution, as in GSM8K's
+answers). That keeps the result a few tokens after its operands, which makes the arithmetic
+learnable by a model of a few hundred thousand parameters in a few hundred steps. Questions come from
 several templates (plain ``"What is 23 + 15?"``, worded ``"What is 23 plus 15?"``, and short
 stories) at three difficulty levels (the larger operand has 1, 2 or 3 digits), with addition and
 subtraction (never negative). The train and held-out splits never share a problem: an
@@ -20,7 +23,7 @@ from .english import FOODS, PEOPLE, PLACES, THINGS, plural
 __all__ = ["Problem", "math_problems", "is_held_out", "PROMPT_FORMAT", "LEVELS", "OPS"]
 
 PROMPT_FORMAT = "Question: {question}\nAnswer:"
-"""A problem's prompt; the completion is ``" <answer>"`` (a space, then the integer)."""
+"""A problem's prompt; the completion is ``" <a> <op> <b> = <answer>"``."""
 
 LEVELS = (1, 2, 3)
 """Difficulty levels: the number of digits of the larger operand."""
@@ -64,17 +67,33 @@ class Problem:
         return PROMPT_FORMAT.format(question=self.question)
 
     @property
-    def completion(self) -> str:
+    def work(self) -> str:
+        """The worked step before the result: ``" 23 + 15 ="``."""
+        return f" {self.a} {self.op} {self.b} ="
+
+    @property
+    def result(self) -> str:
+        """The final answer as it follows the work: ``" 38"``."""
         return f" {self.answer}"
+
+    @property
+    def completion(self) -> str:
+        return self.work + self.result
 
     @property
     def text(self) -> str:
         return self.prompt + self.completion
 
 
-def is_held_out(op: str, a: int, b: int, percent: int = 10) -> bool:
-    """Whether ``a op b`` belongs to the held-out split (stable across machines and versions)."""
-    return zlib.crc32(f"{op}:{a}:{b}".encode()) % 100 < percent
+def is_held_out(key: str, percent: int = 10) -> bool:
+    """Whether ``key`` (a fact ``"op:a:b"`` or a question text) belongs to the held-out split;
+    stable across machines and versions."""
+    return zlib.crc32(key.encode()) % 100 < percent
+
+
+def split_key(problem: "Problem", by: str) -> str:
+    """What decides a problem's split: its fact (``by="facts"``) or its question text."""
+    return f"{problem.op}:{problem.a}:{problem.b}" if by == "facts" else problem.question
 
 
 def _operands(rng: random.Random, level: int, op: str) -> Tuple[int, int]:
@@ -115,20 +134,23 @@ def math_problems(
     seed: int = 0,
     levels: Sequence[int] = LEVELS,
     held_out_percent: int = 10,
+    split_by: str = "facts",
 ) -> Iterator[Problem]:
     """``num`` problems of ``split`` (``"train"`` or ``"eval"``), levels and operations drawn
     uniformly, deterministic for a given seed."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if split_by not in ("facts", "questions") or not 0 < held_out_percent < 100:
+        raise ValueError(f"bad split: split_by={split_by!r}, held_out_percent={held_out_percent}")
     want_held_out = split == "eval"
     rng = random.Random(f"math-{split}-{seed}")
     made = 0
     while made < num:
         level, op = rng.choice(list(levels)), rng.choice(OPS)
         a, b = _operands(rng, level, op)
-        if is_held_out(op, a, b, held_out_percent) != want_held_out:
-            continue
         template = rng.randrange(len(TEMPLATES[op]))
         answer = a + b if op == "+" else a - b
-        yield Problem(_question(rng, op, a, b, template), answer, op, a, b, level, template)
-        made += 1
+        problem = Problem(_question(rng, op, a, b, template), answer, op, a, b, level, template)
+        if is_held_out(split_key(problem, split_by), held_out_percent) == want_held_out:
+            yield problem
+            made += 1

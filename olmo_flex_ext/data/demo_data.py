@@ -38,11 +38,17 @@ class DemoDataConfig:
     """Sizes of the demo corpora (tokens: about 200 per general document, 25 per problem)."""
 
     general_train_docs: int = 6000
+    general_math_problems: int = 5000
+    """Training problems mixed into the general corpus (about 10% of its tokens): public data
+    contains some arithmetic, as web text does; the math corpus is the domain data."""
     general_eval_docs: int = 200
     math_train_problems: int = 30000
     math_eval_problems: int = 300
-    math_levels: List[int] = field(default_factory=lambda: [1, 2, 3])
+    math_levels: List[int] = field(default_factory=lambda: [1, 2])
     """Difficulty levels (digits of the larger operand) of the problems."""
+    math_split_by: str = "facts"
+    """Held-out problems share no ``"facts"`` (operation and operands) or no ``"questions"``
+    (question texts) with the training problems."""
     vocab_size: int = 1024
     seed: int = 0
 
@@ -53,14 +59,22 @@ class DemoDataConfig:
         with atomic_output_dir(root, overwrite=overwrite) as tmp:
             problems = {
                 "train": math_problems(
-                    self.math_train_problems, split="train", seed=self.seed, levels=self.math_levels
+                    self.math_train_problems,
+                    split="train",
+                    seed=self.seed,
+                    levels=self.math_levels,
+                    split_by=self.math_split_by,
                 ),
                 "eval": math_problems(
-                    self.math_eval_problems, split="eval", seed=self.seed, levels=self.math_levels
+                    self.math_eval_problems,
+                    split="eval",
+                    seed=self.seed,
+                    levels=self.math_levels,
+                    split_by=self.math_split_by,
                 ),
             }
             texts = {
-                "general-train": english_documents(self.general_train_docs, seed=self.seed),
+                "general-train": self._general_train(),
                 "general-eval": english_documents(self.general_eval_docs, seed=self.seed + 1),
                 "math-train": (p.text for p in problems["train"]),
             }
@@ -89,6 +103,19 @@ class DemoDataConfig:
             manifest = {"config": asdict(self), "counts": counts}
             (tmp / "data.json").write_text(json.dumps(manifest, indent=2))
         return DemoData(root)
+
+    def _general_train(self) -> List[str]:
+        """Stories with training problems mixed in at deterministic random places."""
+        import random
+
+        docs = list(english_documents(self.general_train_docs, seed=self.seed))
+        extra = math_problems(
+            self.general_math_problems, split="train", seed=self.seed + 1000,
+            levels=self.math_levels, split_by=self.math_split_by,
+        )  # fmt: skip
+        docs += [p.text for p in extra]
+        random.Random(f"general-mix-{self.seed}").shuffle(docs)
+        return docs
 
 
 class DemoData:

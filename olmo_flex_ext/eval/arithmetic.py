@@ -34,18 +34,25 @@ __all__ = [
 @dataclass(frozen=True)
 class EncodedProblem:
     prompt: List[int]
-    completion: List[int]
+    work: List[int]
+    """The worked step before the result (``" 23 + 15 ="``)."""
+    result: List[int]
+    """The result's tokens (``" 38"``): what the answer loss scores."""
     answer: str
     level: int
+
+    @property
+    def completion(self) -> List[int]:
+        return self.work + self.result
 
 
 @dataclass
 class MathScores:
     accuracy: float
-    """Fraction of problems whose greedy answer (text up to EOS or newline, stripped) equals
-    the exact answer."""
+    """Fraction of problems whose greedy answer is exactly right (:func:`is_correct`)."""
     answer_loss: float
-    """Mean cross-entropy (nats) per answer token (the tokens of ``" <answer>"``)."""
+    """Mean cross-entropy (nats) per result token (``" <answer>"``) given the prompt and the
+    worked step."""
     num_problems: int
     accuracy_by_level: Dict[int, float] = field(default_factory=dict)
 
@@ -54,15 +61,17 @@ class MathScores:
 
 
 def encode_problems(problems: Sequence[Problem], tokenizer: Any) -> List[EncodedProblem]:
-    """Prompt and completion ids of each problem (``tokenizer``: a ``tokenizers.Tokenizer``).
-    The tokenizer must not merge across the prompt/answer boundary, which the demo's does not
-    (``"Answer:"`` and ``" 42"`` are separate pre-tokens)."""
-    out = []
-    for p in problems:
-        prompt = tokenizer.encode(p.prompt, add_special_tokens=False).ids
-        completion = tokenizer.encode(p.completion, add_special_tokens=False).ids
-        out.append(EncodedProblem(prompt, completion, str(p.answer), p.level))
-    return out
+    """Prompt, work and result ids of each problem (``tokenizer``: a ``tokenizers.Tokenizer``).
+    The tokenizer must not merge across those boundaries, which the demo's does not
+    (``"Answer:"``, ``" 23 + 15 ="`` and ``" 38"`` end and start pre-tokens)."""
+
+    def ids(text: str) -> List[int]:
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    return [
+        EncodedProblem(ids(p.prompt), ids(p.work), ids(p.result), str(p.answer), p.level)
+        for p in problems
+    ]
 
 
 def greedy_decode(
@@ -116,8 +125,9 @@ def _greedy_batch(
 def answer_loss(
     model: LogitsFn, encoded: Sequence[EncodedProblem], *, pad_id: int = 0, batch_size: int = 64
 ) -> float:
-    """Mean next-token loss over the answer tokens of each problem given its prompt (batches are
-    right-padded with ``pad_id``; padding is never attended to by the causal model nor scored)."""
+    """Mean next-token loss over the result tokens of each problem given its prompt and worked
+    step (batches are right-padded with ``pad_id``; padding is never attended to by the causal
+    model nor scored)."""
     total, count = 0.0, 0
     with eval_mode(model):
         for s in range(0, len(encoded), batch_size):
@@ -128,8 +138,8 @@ def answer_loss(
             mask = torch.zeros(len(seqs), width - 1, dtype=torch.bool)
             for i, (e, seq) in enumerate(zip(chunk, seqs)):
                 ids[i, : len(seq)] = torch.tensor(seq)
-                # Loss entry t predicts token t + 1: the completion's tokens.
-                mask[i, len(e.prompt) - 1 : len(seq) - 1] = True
+                # Loss entry t predicts token t + 1: the result's tokens.
+                mask[i, len(seq) - len(e.result) - 1 : len(seq) - 1] = True
             losses = next_token_losses(model, ids).cpu()
             total += float(losses[mask].double().sum())
             count += int(mask.sum())
@@ -137,9 +147,9 @@ def answer_loss(
 
 
 def is_correct(generated: str, answer: str) -> bool:
-    """The exact-match rule: the generated text up to the first newline, stripped, equals the
-    answer."""
-    return generated.split("\n")[0].strip() == answer
+    """The exact-match rule: in the generated text up to the first newline, what follows the last
+    ``=`` (or all of it if there is none), stripped, equals the answer."""
+    return generated.split("\n")[0].rsplit("=", 1)[-1].strip() == answer
 
 
 def evaluate_math(
