@@ -299,14 +299,18 @@ class PruneCallback(Callback):
                 log.info("pruned %s", r)
 
 
-def flex_math_prune_callback(root: str, **overrides: Any) -> PruneCallback:
-    """The pruning callback of the 7B math configs: teacher Flex-math-2x7B-1T imported under
-    ``<root>/checkpoints``, calibration on the math token files (the seed's winning choice)."""
-    settings: Dict[str, Any] = dict(
+def flex_math_prune_callback(root: Optional[str] = None, **settings: Any) -> PruneCallback:
+    """The pruning callback of the 7B math configs: the teacher is Flex-math-2x7B-1T imported to
+    ``<root>/checkpoints/Flex-math-2x7B-1T`` (``olmo-flex import-hf``), calibrated on the math
+    token files (the seed's better choice), 1024 sequences of 4096 tokens. ``root`` defaults to
+    ``$OLMO_FLEX_DATA_ROOT`` (else ``/data/olmo-flex``), like the configs' training data."""
+    from ..recipes import data_root
+
+    root = root or data_root("/data/olmo-flex")
+    defaults: Dict[str, Any] = dict(
         teacher=f"{root}/checkpoints/Flex-math-2x7B-1T",
         calibration=[f"{root}/dolmino-math/*.npy"],
         seq_len=4096,
         num_seqs=1024,
     )
-    settings.update(overrides)
-    return PruneCallback(**settings)
+    return PruneCallback(**{**defaults, **settings})
