@@ -76,21 +76,38 @@ TensorLike = Union[torch.Tensor, LazyTensor]
 class _LazySavePlanner(DefaultSavePlanner):
     # DCP asks the planner for each tensor's data right before writing it; resolving lazy tensors
     # there lets one tensor at a time live in memory. torch has no public streaming writer.
+    #
+    # torch's FileSystemWriter (2.13) keeps a reference to every tensor it has written until the
+    # file is closed (it only needs them for its safetensors format), which would hold the whole
+    # model. So the storage of the previously resolved lazy tensor is released when the next one
+    # is requested: with the serial loader (``per_thread_copy_ahead=0`` in save_model) a tensor is
+    # written before the next one is resolved.
     def __init__(self, lazy: Mapping[str, LazyTensor]):
         super().__init__()
         self._lazy = lazy
+        self._previous: Optional[torch.Tensor] = None
+
+    def release(self) -> None:
+        if self._previous is not None:
+            self._previous.untyped_storage().resize_(0)
+            self._previous = None
 
     def resolve_data(self, write_item: WriteItem):
         lazy = self._lazy.get(write_item.index.fqn)
         if lazy is None:
             return super().resolve_data(write_item)
+        self.release()
         tensor = lazy.load()
         if tuple(tensor.shape) != tuple(lazy.shape) or tensor.dtype != lazy.dtype:
             raise CheckpointError(
                 f"tensor {write_item.index.fqn} came out {tuple(tensor.shape)} {tensor.dtype}, "
                 f"expected {lazy.shape} {lazy.dtype}"
             )
-        return tensor.contiguous()
+        # A copy with storage of its own, so that releasing it frees nobody else's tensor
+        # (load() may return a view or a tensor its caller keeps).
+        tensor = tensor.clone(memory_format=torch.contiguous_format)
+        self._previous = tensor
+        return tensor
 
 
 def check_output(out: Union[str, Path], overwrite: bool = False) -> None:
@@ -151,11 +168,13 @@ def save_model(
         for k, v in state.items()
     }
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        writer = dcp.FileSystemWriter(str(tmp), thread_count=1, single_file_per_rank=True)
+        writer = dcp.FileSystemWriter(
+            str(tmp), thread_count=1, single_file_per_rank=True, per_thread_copy_ahead=0
+        )
+        planner = _LazySavePlanner(lazy)
         try:
-            dcp.save(
-                {"model": to_save}, storage_writer=writer, planner=_LazySavePlanner(lazy), no_dist=True
-            )
+            dcp.save({"model": to_save}, storage_writer=writer, planner=planner, no_dist=True)
+            planner.release()
         except CheckpointException as e:
             # DCP wraps errors raised while producing a lazy tensor; surface the user's error.
             for exc, _ in e.failures.values():

@@ -131,3 +131,22 @@ def test_bfloat16_export_and_import(tmp_path):
     # lazy_state streams the same tensors one at a time.
     lazy = lazy_state(tmp_path / "back")
     assert torch.equal(lazy["embeddings.weight"].load().float(), expected["embeddings.weight"])
+
+
+def test_streaming_save_leaves_callers_tensors_intact(tmp_path):
+    # save_model frees each streamed tensor once written; that must never touch tensors the
+    # caller still holds (a LazyTensor may hand out a tensor, or a view of one, it keeps).
+    from olmo_flex_ext.checkpoint import LazyTensor
+
+    config = tiny_flex([24, 8], d_model=32, vocab_size=128)
+    state = randomize(config.build(init_device="cpu")).state_dict()
+    big = torch.randn(256, 32)
+    kept = {k: v.clone() for k, v in state.items()}
+    lazy = {k: LazyTensor(tuple(v.shape), v.dtype, lambda v=v: v) for k, v in state.items()}
+    lazy["embeddings.weight"] = LazyTensor((128, 32), torch.float32, lambda: big[64:192])
+    kept["embeddings.weight"], big_before = big[64:192].clone(), big.clone()
+    save_model(tmp_path / "ckpt", config, lazy)
+    assert torch.equal(big, big_before)
+    assert all(torch.equal(state[k], kept[k]) for k in state if k != "embeddings.weight")
+    saved = load_model(tmp_path / "ckpt").state_dict()
+    assert all(torch.equal(saved[k], kept[k]) for k in state)

@@ -111,3 +111,20 @@ def test_upcycle_refuses_what_it_cannot_grow(tmp_path):
     with pytest.raises(CheckpointError, match="router rows"):
         upcycle(tmp_path / "dense", tmp_path / "x", num_experts=3, router_from=torch.zeros(2, 5))
     assert not (tmp_path / "x").exists()
+
+
+def test_upcycle_command(tmp_path, capsys):
+    from olmo_flex_ext.cli import main
+
+    _dense(tmp_path)
+    argv = ["upcycle", str(tmp_path / "dense"), str(tmp_path / "moe"), "--experts", "2",
+            "--widths", "48,20", "--top-k", "1", "--seed", "3"]
+    assert main(argv) == 0
+    made = read_config(tmp_path / "moe")["olmo_flex"]
+    assert made["made_by"] == "olmo-flex upcycle" and made["expert_widths"] == [[48, 20]] * 2
+    moe = load_model(tmp_path / "moe").blocks["0"].feed_forward_moe
+    assert moe.router.top_k == 1 and moe.expert_widths == [48, 20]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "already exists" in capsys.readouterr().err
