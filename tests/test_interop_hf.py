@@ -33,12 +33,21 @@ def _hf_tensors(path):
 
 
 @pytest.mark.parametrize(
-    "experts,top_k,kv_heads,norm_topk",
-    [(2, 2, 4, False), (2, 1, 4, False), (4, 1, 2, False), (4, 2, 4, True), (4, 4, 4, False)],
+    "experts,top_k,width,kv_heads,norm_topk",
+    [
+        (2, 2, 24, 4, False),
+        (2, 1, 40, 4, False),
+        (4, 1, 16, 2, False),
+        (4, 2, 24, 4, True),
+        (4, 4, 32, 4, False),
+    ],
 )
-def test_import_export_round_trip_matches_transformers(tmp_path, experts, top_k, kv_heads, norm_topk):
+def test_import_export_round_trip_matches_transformers(
+    tmp_path, experts, top_k, width, kv_heads, norm_topk
+):
     hf = hf_flex(
-        tmp_path / "hf", experts=experts, top_k=top_k, kv_heads=kv_heads, norm_topk_prob=norm_topk
+        tmp_path / "hf", experts=experts, top_k=top_k, width=width, kv_heads=kv_heads,
+        norm_topk_prob=norm_topk,
     )
     x = tokens()
     reference = hf_logits(hf, x)
@@ -46,7 +55,7 @@ def test_import_export_round_trip_matches_transformers(tmp_path, experts, top_k,
     import_hf(tmp_path / "hf", tmp_path / "ours")
     ours = load_model(tmp_path / "ours")
     moe = ours.blocks["0"].feed_forward_moe
-    assert moe.router.top_k == top_k and moe.expert_widths == [24] * experts
+    assert moe.router.top_k == top_k and moe.expert_widths == [width] * experts
     assert max_diff(our_logits(ours, x), reference) < TOL
 
     export_hf(tmp_path / "ours", tmp_path / "back")
