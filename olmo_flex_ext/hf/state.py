@@ -117,6 +117,20 @@ def _converted(converter, bounds, sources: Dict[str, LazyTensor], dest: str) -> 
     return LazyTensor(tuple(out.shape), out.dtype, load)
 
 
+def _hf_width(hf: HFDir, sources: Sequence[str], w: str, d_model: int) -> int:
+    """The (one) MLP width of the HF experts in ``sources``; their shapes are checked."""
+    shapes = {hf.tensors[k][0] for k in sources}
+    shape = next(iter(shapes))
+    width = (shape[1] if w == "w2" else shape[0]) if len(shape) == 2 else 0
+    expected = (d_model, width) if w == "w2" else (width, d_model)
+    if len(shapes) != 1 or shape != expected:
+        raise CheckpointError(
+            f"{hf.path}: expert weights {sources[0]} ... have shapes {sorted(shapes)}, expected "
+            f"all {expected} (width, hidden size); the weights do not match config.json"
+        )
+    return width
+
+
 def hf_state(hf: HFDir, config: TransformerConfig) -> Dict[str, LazyTensor]:
     """Our state (OLMo-core names) for the weights of a transformers FlexOlmo or Olmo2 directory,
     shaped for ``config`` (expert widths may be narrower than the HF width: padding is dropped)."""
@@ -140,14 +154,15 @@ def hf_state(hf: HFDir, config: TransformerConfig) -> Dict[str, LazyTensor]:
         layer, w = int(expert.group(1)), expert.group(2)
         sources = sorted(m.source_keys, key=_expert_index)
         layer_widths = widths[layer]
-        trim = None if all(x == hf.tensors[sources[0]][0][0 if w != "w2" else 1]
-                           for x in layer_widths) else layer_widths
-        d_model = config.d_model
+        hf_width = _hf_width(hf, sources, w, config.d_model)
+        trim = None if all(x == hf_width for x in layer_widths) else layer_widths
 
         def load(sources=sources, w=w, trim=trim) -> torch.Tensor:
             return experts_from_hf(w, [hf.load(k) for k in sources], trim)
 
-        state[dest] = LazyTensor((sum(layer_widths), d_model), hf.tensors[sources[0]][1], load)
+        state[dest] = LazyTensor(
+            (sum(layer_widths), config.d_model), hf.tensors[sources[0]][1], load
+        )
     unused = sorted(set(keys) - used)
     if unused:
         raise CheckpointError(
