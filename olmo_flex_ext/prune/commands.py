@@ -80,16 +80,17 @@ def _budget_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--normalize", choices=["layer", "none"], default="layer")
 
 
+def check_output(out: str, overwrite: bool) -> None:
+    from ..checkpoint import check_output as check
+
+    check(out, overwrite)
+
+
 def _ints(text: str, what: str) -> List[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"{what} {text!r} must be comma-separated integers, e.g. 11008,5504") from None
-
-
-def _refuse_existing(out: str, overwrite: bool) -> None:
-    if Path(out).exists() and not overwrite:
-        raise UserError(f"output {out} already exists; choose another path or pass --overwrite")
 
 
 # ---- importance ---------------------------------------------------------------------------------
@@ -104,7 +105,7 @@ def _importance(args) -> int:
     from ..experiment import distributed_backend, world_size
     from .importance import METHODS, compute_importance, load_teacher
 
-    _refuse_existing(args.out, args.overwrite)
+    check_output(args.out, args.overwrite)
     if args.method not in METHODS:
         raise UserError(f"unknown method {args.method!r}; use one of {', '.join(METHODS)}")
     if args.seq_len <= 0 or args.num_seqs <= 0 or args.batch_size <= 0:
@@ -316,7 +317,7 @@ def _prune(args) -> int:
     from .scores import ImportanceScores, checkpoint_fingerprint
     from .slicing import prune_checkpoint
 
-    _refuse_existing(args.out, args.overwrite)
+    check_output(args.out, args.overwrite)
     chosen = [x for x in (args.widths, args.widths_file, args.budget, args.budget_width) if x is not None]
     if len(chosen) != 1:
         raise UserError("give exactly one of --widths, --widths-file, --budget, --budget-width")

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from olmo_core.nn.transformer import Transformer, TransformerConfig
 
-from ..checkpoint import LazyTensor, iter_tensors, read_model_config, save_model, weights_dir
+from ..checkpoint import LazyTensor, lazy_state, read_model_config, save_model
 from ..models import expert_widths_per_layer, with_expert_widths
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
     "prune_state_dict",
     "prune_model",
     "prune_checkpoint",
-    "checkpoint_tensor_meta",
+    "check_keep",
 ]
 
 EXPERT_WEIGHT_RE = re.compile(r"^blocks\.(\d+)\.feed_forward_moe\.experts\.mlp\.(w1|w2|w3)$")
@@ -103,18 +103,6 @@ def prune_model(config: TransformerConfig, model: Transformer, keep: Keep) -> Tu
     return new_config, new_model.eval()
 
 
-def checkpoint_tensor_meta(path: Union[str, Path]) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
-    """Parameter name -> (shape, dtype) of a checkpoint's model weights, from DCP metadata."""
-    from olmo_core.distributed.checkpoint import get_checkpoint_metadata
-
-    meta = get_checkpoint_metadata(str(weights_dir(path))).state_dict_metadata
-    return {
-        key[len("model."):]: (tuple(m.size), m.properties.dtype)
-        for key, m in meta.items()
-        if key.startswith("model.") and hasattr(m, "size")
-    }
-
-
 def prune_checkpoint(
     src: Union[str, Path],
     out: Union[str, Path],
@@ -131,21 +119,17 @@ def prune_checkpoint(
     config = read_model_config(src)
     widths = expert_widths_per_layer(config)
     check_keep(widths, keep)
-    new_config = with_expert_widths(config, pruned_widths(keep))
+    new_widths = pruned_widths(keep)
     state: Dict[str, LazyTensor] = {}
-    for name, (shape, dtype) in checkpoint_tensor_meta(src).items():
+    for name, lazy in lazy_state(src).items():
         layer = expert_weight_layer(name)
         if layer is not None:
-            shape = (sum(pruned_widths(keep)[layer]),) + shape[1:]
-        state[name] = LazyTensor(shape, dtype, _loader(src, name, widths, keep))
+            shape = (sum(new_widths[layer]),) + tuple(lazy.shape[1:])
+            lazy = LazyTensor(shape, lazy.dtype, _sliced(lazy, widths[layer], keep[layer]))
+        state[name] = lazy
+    new_config = with_expert_widths(config, new_widths)
     return save_model(out, new_config, state, overwrite=overwrite, info=info)
 
 
-def _loader(src, name: str, widths, keep):
-    layer = expert_weight_layer(name)
-
-    def load() -> torch.Tensor:
-        ((_, tensor),) = iter_tensors(src, [name])
-        return tensor if layer is None else slice_expert_rows(tensor, widths[layer], keep[layer])
-
-    return load
+def _sliced(lazy: LazyTensor, widths: Sequence[int], keep: Sequence[torch.Tensor]):
+    return lambda: slice_expert_rows(lazy.load(), widths, keep)
