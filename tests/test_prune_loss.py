@@ -6,24 +6,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from prune_util import batches, lm_loss, token_files
+from prune_util import batches, lm_loss, one_thread, token_files  # noqa: F401
 
 from olmo_flex_ext.data.tokens import TokenFiles
 from olmo_flex_ext.models import tiny_flex
 from olmo_flex_ext.prune import compute_importance, keep_indices, prune_model
 
 
-@pytest.fixture
-def one_thread():
-    # tiny models run faster on one thread, and much faster on a busy machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
-def test_loss_rises_as_width_shrinks(tmp_path, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_loss_rises_as_width_shrinks(tmp_path):
     torch.manual_seed(0)
     paths = token_files(tmp_path / "data", tokens=32768)[:1]  # one bigram "domain"
     tokens = batches(paths, 65, 500)

@@ -198,6 +198,11 @@ class PruneCallback(Callback):
 
         fingerprint = checkpoint_fingerprint(teacher)
         path = self.scores_path
+        if self.scores and not path.is_file():
+            raise UserError(
+                f"scores file {path} (trainer.callbacks.prune.scores) does not exist; unset it to "
+                "compute the scores in the run folder"
+            )
         if not path.is_file():
             self._compute(teacher, self.calibration, self.num_seqs, path)
         scores = ImportanceScores.load(path)
@@ -247,7 +252,7 @@ class PruneCallback(Callback):
 
     def _write_start(self, teacher: Path, start: Path, keep, scores: ImportanceScores) -> None:
         from ..checkpoint import read_config
-        from .slicing import pruned_widths, prune_checkpoint
+        from .slicing import prune_checkpoint, pruned_widths
 
         info = {
             "pruned_from": str(teacher),

@@ -224,6 +224,7 @@ def _plot(rows, experts, args) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         raise UserError("--plot needs matplotlib: pip install 'olmo-flex-ext[plot]'") from None
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -231,6 +232,7 @@ def _plot(rows, experts, args) -> None:
         xs = [r["layer"] for r in rows if r[f"expert{e}"] is not None]
         ys = [100 * r[f"expert{e}"] for r in rows if r[f"expert{e}"] is not None]
         ax.plot(xs, ys, marker="o", label=f"expert {e}")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel(f"top-{args.width} neurons that differ (%)")
     ax.set_ylim(0, 100)

@@ -230,6 +230,7 @@ def compute_importance(
     device = next(model.parameters()).device
     acc_widths = [list(m.expert_widths) for m in mlps]
     calibration = {
+        "paths": list(data.paths),
         "files": data.fingerprint(),
         "dtype": data.dtype.name,
         "seq_len": seq_len,

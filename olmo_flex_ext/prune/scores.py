@@ -207,6 +207,6 @@ def describe_calibration(meta: Mapping[str, str]) -> str:
         cal = json.loads(meta.get("calibration", "{}"))
     except json.JSONDecodeError:
         return "?"
-    files = cal.get("files", [])
-    names = ", ".join(f["name"] for f in files[:3]) + (" ..." if len(files) > 3 else "")
+    paths = cal.get("paths") or [f["name"] for f in cal.get("files", [])]
+    names = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
     return f"{cal.get('num_seqs')} x {cal.get('seq_len')} tokens from {names}"
