@@ -142,7 +142,10 @@ def save_model(
         for k, v in state.items()
     }
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        writer = dcp.FileSystemWriter(str(tmp), thread_count=1, single_file_per_rank=True)
+        # One file per tensor: torch's writer keeps every tensor of a file alive until the file is
+        # closed (it collects them for its safetensors format), so one file per rank would hold the
+        # whole model in memory and defeat streaming.
+        writer = dcp.FileSystemWriter(str(tmp), thread_count=1, single_file_per_rank=False)
         dcp.save({"model": to_save}, storage_writer=writer, planner=_LazySavePlanner(lazy), no_dist=True)
         config: Dict[str, Any] = {"model": model_config.as_config_dict()}
         if info:
