@@ -316,11 +316,15 @@ def _merged_tensor(
     if what == "bias":
         return torch.cat([load_tensor(inp.path, name) for inp in inputs])
     pub = inputs[0].widths[layer][0]
-    parts = []
-    for k, inp in enumerate(inputs):
+    out, start = None, 0
+    for k, inp in enumerate(inputs):  # one input tensor in memory at a time, copied into place
         t = load_tensor(inp.path, name)
-        if k == 0:
-            parts.append(t[:pub].clone())
-        parts.append(t[pub:].clone())
-        del t
-    return torch.cat(parts)
+        if out is None:
+            rows = pub + sum(i.widths[layer][1] for i in inputs)
+            out = t.new_empty((rows, *t.shape[1:]), dtype=dtype)
+        part = t if k == 0 else t[pub:]
+        out[start : start + part.shape[0]].copy_(part)
+        start += part.shape[0]
+        del t, part
+    assert out is not None and start == out.shape[0]
+    return out
