@@ -143,17 +143,19 @@ def test_router_rows_equal_domain_embeddings(experts, tmp_path):
 
 @pytest.mark.slow
 def test_router_only_training_changes_nothing_else(merged, tmp_path, monkeypatch):
+    from olmo_flex_ext.compose import router_only_patterns
     from olmo_flex_ext.experiment import check_parallelism, load_experiment, train
 
-    monkeypatch.setenv("OLMO_FLEX_ROUTER_INIT", str(merged[2]))
     monkeypatch.setenv("OLMO_FLEX_DATA_ROOT", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
     config = load_experiment(
         str(REPO / "train_configs/tiny_flex_router.py"),
-        [f"--trainer.save_folder={run}", f"--dataset.work_dir={tmp_path / 'cache'}",
-         "--trainer.max_duration.value=3", "--trainer.callbacks.wandb.enabled=false"],
+        [f"--load_path={merged[2]}", f"--trainer.save_folder={run}",
+         f"--dataset.work_dir={tmp_path / 'cache'}", "--trainer.max_duration.value=3",
+         "--trainer.callbacks.wandb.enabled=false"],
     )
+    assert config.model.freeze_params == router_only_patterns(config.model)
     check_parallelism(config)
     train(config)
     before = load_model(merged[2]).state_dict()

@@ -1,20 +1,15 @@
 """Router-only training ("RT", FlexOlmo's router-tuning variant) of a merged 7B FlexOlmo: only the
-routers train, on a small mix of the domains' data; every other weight is frozen.
+routers train, on a small mix of the domains' data (``$OLMO_FLEX_DATA_ROOT/router-mix/*.npy``);
+every other weight is frozen. The model is the merged checkpoint given as ``--load_path``.
 
-The merged checkpoint comes from ``OLMO_FLEX_MERGED`` (default ``runs/flex_merged``, made with
-``olmo-flex merge``); its config defines the model. Without it, a dry run shows a public expert
-plus two 11008-wide domain experts, top-2, and training stops with a clear error.
-
-    OLMO_FLEX_MERGED=/ckpt/merged torchrun --nproc-per-node=8 -m olmo_flex_ext.launch train_configs/flex_router.py
+    torchrun --nproc-per-node=8 -m olmo_flex_ext.launch train_configs/flex_router.py \\
+        --load_path=/ckpt/merged
 """
-
-import os
 
 from olmo_core.data import TokenizerConfig
 from olmo_core.train import Duration
 
 from olmo_flex_ext.compose import router_experiment
-from olmo_flex_ext.models import flex_olmo_7b_experts
 from olmo_flex_ext.recipes import data_root
 
 
@@ -22,8 +17,6 @@ def build_config():
     seq = 4096
     root = data_root("/data/olmo-flex")
     return router_experiment(
-        init=os.environ.get("OLMO_FLEX_MERGED", "runs/flex_merged"),
-        model=flex_olmo_7b_experts([11008, 11008, 11008], top_k=2),
         data_paths=[f"{root}/router-mix/*.npy"],
         tokenizer=TokenizerConfig.dolma2(),
         save_folder="runs/flex_router",

@@ -1,18 +1,16 @@
-"""Router-only training ("RT") of a tiny merged FlexOlmo on synthetic tokens, all other weights
-frozen. Point it at a merged checkpoint with ``OLMO_FLEX_ROUTER_INIT`` (``olmo-flex merge ...
---out runs/tiny_merged``); without one it trains the routers of a freshly initialised tiny model
-with a public expert and three domain experts of different widths.
+"""Router-only training ("RT") of a tiny merged FlexOlmo on synthetic tokens: only the routers
+train, every other weight is frozen. The model is the checkpoint given as ``--load_path`` (for
+example one made with ``olmo-flex merge ... --out runs/tiny_merged``).
 
-    OLMO_FLEX_ROUTER_INIT=runs/tiny_merged python -m olmo_flex_ext.launch train_configs/tiny_flex_router.py
+    python -m olmo_flex_ext.launch train_configs/tiny_flex_router.py --load_path=runs/tiny_merged
+
+The model's vocabulary must cover the synthetic data's 512 token ids.
 """
-
-import os
 
 from olmo_core.train import Duration
 
 from olmo_flex_ext.compose import router_experiment
 from olmo_flex_ext.data.synthetic import ensure_synthetic_tokens
-from olmo_flex_ext.models import tiny_flex
 from olmo_flex_ext.recipes import TINY_TOKENIZER, data_root
 
 
@@ -20,8 +18,6 @@ def build_config():
     seq = 128
     paths = ensure_synthetic_tokens(f"{data_root('runs/data')}/synthetic", vocab_size=512)
     return router_experiment(
-        init=os.environ.get("OLMO_FLEX_ROUTER_INIT"),
-        model=tiny_flex([256, 128, 96, 64], top_k=2),
         data_paths=paths,
         tokenizer=TINY_TOKENIZER,
         save_folder="runs/tiny_flex_router",

@@ -29,6 +29,8 @@ _EXPORTS = {
     "without_experts": "optout",
     "write_opt_out": "optout",
     "ROUTER_PARAMS": "router_training",
+    "ROUTER_ONLY_FREEZE": "router_training",
+    "RouterOnlyCheck": "router_training",
     "router_experiment": "router_training",
     "router_only": "router_training",
     "router_only_patterns": "router_training",

@@ -114,13 +114,10 @@ def _domains(specs: List[str]) -> Dict[str, str]:
 
 
 def _domain_embed(args) -> int:
-    from pathlib import Path
-
-    from ..errors import UserError
+    from ..checkpoint import check_output
     from .embeddings import compute_domain_embeddings, save_domain_embeddings
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise UserError(f"output {args.out} already exists; choose another path or pass --overwrite")
+    check_output(args.out, args.overwrite)  # before the long pass
     emb = compute_domain_embeddings(
         args.checkpoint,
         _domains(args.data),

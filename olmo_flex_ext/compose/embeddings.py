@@ -181,9 +181,10 @@ def save_domain_embeddings(
         raise UserError("no domain embeddings to save")
     if len(set(embeddings.names)) != len(embeddings.names):
         raise UserError(f"domain names must be distinct, got {embeddings.names}")
+    from ..checkpoint import check_output
+
     out = Path(path)
-    if out.exists() and not overwrite:
-        raise UserError(f"output {out} already exists; choose another path or pass --overwrite")
+    check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {n: v.float().contiguous() for n, v in zip(embeddings.names, embeddings.vectors)}
     metadata = {"names": json.dumps(embeddings.names)}

@@ -22,16 +22,16 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from olmo_core.distributed.checkpoint import get_checkpoint_metadata
 from olmo_core.nn.transformer import TransformerConfig
 
 from ..checkpoint import (
     LazyTensor,
+    check_output,
     iter_tensors,
     read_model_config,
     resolve_checkpoint,
     save_model,
-    weights_dir,
+    tensor_meta,
 )
 from ..errors import UserError
 from ..models import expert_widths_per_layer, with_expert_widths
@@ -39,7 +39,7 @@ from ._progress import progress_bar
 from .configs import with_opt_out, with_top_k
 from .embeddings import DomainEmbeddings, load_domain_embeddings
 
-__all__ = ["merge_experts", "MergeError", "tensor_specs", "param_names", "expert_rows", "load_tensor"]
+__all__ = ["merge_experts", "MergeError", "param_names", "expert_rows", "load_tensor"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -48,16 +48,6 @@ _MOE = re.compile(r"^blocks\.(\d+)\.feed_forward_moe\.(experts\.mlp\.w[123]|rout
 
 class MergeError(UserError):
     """Inputs that cannot be merged (the message names the input and tensor or setting)."""
-
-
-def tensor_specs(path: PathLike) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
-    """Parameter name -> (shape, dtype) of a checkpoint's model weights, from DCP metadata."""
-    meta = get_checkpoint_metadata(str(weights_dir(path)))
-    out = {}
-    for key, m in meta.state_dict_metadata.items():
-        if key.startswith("model.") and hasattr(m, "size"):
-            out[key[len("model."):]] = (tuple(m.size), m.properties.dtype)
-    return out
 
 
 def load_tensor(path: PathLike, name: str) -> torch.Tensor:
@@ -239,8 +229,7 @@ def merge_experts(
     """
     if len(inputs) < 1:
         raise MergeError("give at least one checkpoint to merge")
-    if Path(out).exists() and not overwrite:
-        raise MergeError(f"output {out} already exists; choose another path or pass --overwrite")
+    check_output(out, overwrite)
     parsed = [_read_input(p) for p in inputs]
     if len({inp.path.resolve() for inp in parsed}) != len(parsed):
         raise MergeError("the same checkpoint is given twice; each domain expert can appear once")
@@ -261,7 +250,7 @@ def merge_experts(
             )
         emb.check(n_layers, d_model, "--router-from")
     names = param_names(parsed[0].config)
-    specs = tensor_specs(parsed[0].path)
+    specs = tensor_meta(parsed[0].path)
     missing = [n for n in names if n not in specs]
     if missing:
         raise MergeError(f"{parsed[0].path} has no tensor {missing[0]}: it is not the model its config.json describes")

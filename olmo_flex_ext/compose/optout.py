@@ -26,13 +26,21 @@ from typing import List, Optional, Sequence, Union
 import torch
 from olmo_core.nn.transformer import Transformer, TransformerConfig
 
-from ..checkpoint import LazyTensor, read_model_config, resolve_checkpoint, save_model
+from ..checkpoint import (
+    LazyTensor,
+    check_output,
+    lazy_state,
+    read_model_config,
+    resolve_checkpoint,
+    save_model,
+    tensor_meta,
+)
 from ..errors import UserError
 from ..models import expert_widths_per_layer, with_expert_widths
 from ..nn.moe import VariableMoE
 from ..nn.router import active_experts
 from .configs import map_moe_configs, moe_configs, with_opt_out
-from .merge import expert_rows, load_tensor, moe_param, param_names, tensor_specs
+from .merge import expert_rows, load_tensor, moe_param, param_names
 
 __all__ = ["opt_out", "write_opt_out", "without_experts"]
 
@@ -97,8 +105,7 @@ def write_opt_out(
     again with ``experts=[]`` to switch them back on). With ``drop`` the experts' rows are removed.
     """
     src_path = resolve_checkpoint(src)
-    if Path(out).exists() and not overwrite:
-        raise UserError(f"output {out} already exists; choose another path or pass --overwrite")
+    check_output(out, overwrite)
     if Path(out).resolve() == src_path.resolve():
         raise UserError(f"output {out} is the input checkpoint; write to another path")
     config = read_model_config(src_path)
@@ -106,20 +113,20 @@ def write_opt_out(
     if drop and not experts:
         raise UserError("--drop needs at least one expert to remove (--experts 2)")
     new_config = without_experts(config, experts) if drop else with_opt_out(config, experts)
-    specs = tensor_specs(src_path)
-    names = param_names(config)
-    out_model = new_config.build(init_device="meta").state_dict()
-    widths = expert_widths_per_layer(config)
-    keep = active_experts(len(widths[0]), experts)
+    if drop:
+        specs = tensor_meta(src_path)
+        out_model = new_config.build(init_device="meta").state_dict()
+        widths = expert_widths_per_layer(config)
+        keep = active_experts(len(widths[0]), experts)
 
-    def lazy(name: str) -> LazyTensor:
-        shape = tuple(out_model[name].shape)
-        if drop:
-            return LazyTensor(
-                shape, specs[name][1], lambda: _dropped_tensor(src_path, name, widths, keep, config.d_model)
-            )
-        return LazyTensor(shape, specs[name][1], lambda: load_tensor(src_path, name))
+        def dropped(name: str) -> LazyTensor:
+            def load() -> torch.Tensor:
+                return _dropped_tensor(src_path, name, widths, keep, config.d_model)
 
-    state = {name: lazy(name) for name in names}
+            return LazyTensor(tuple(out_model[name].shape), specs[name][1], load)
+
+        state = {name: dropped(name) for name in param_names(config)}
+    else:
+        state = lazy_state(src_path)  # weights copied as they are
     info = {"opt_out": {"source": str(src_path), "experts": experts, "drop": drop}}
     return save_model(out, new_config, state, overwrite=overwrite, info=info)
