@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-TARGET_BYTES = 2 * 1024**3
+TARGET_BYTES = 2_000_000_000
 LOCK = "/tmp/olmo-flex-bigmem.lock"
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional
 
 import torch
-from olmo_core.distributed.utils import barrier, get_rank
+from olmo_core.distributed.utils import barrier, broadcast_object, get_rank
 from olmo_core.train.callbacks import Callback
 
 from ..errors import UserError
@@ -153,9 +153,16 @@ class PruneCallback(Callback):
                 )
         keep = keep_indices(scores, widths)
         start = self.dir / START_DIR
+        error = None
         if get_rank() == 0:
-            self._write_start(teacher, start, keep, scores)
-        barrier()
+            try:
+                self._write_start(teacher, start, keep, scores)
+            except Exception as e:  # tell the other ranks instead of leaving them at a barrier
+                error = f"{type(e).__name__}: {e}"
+                log.exception("Pruning callback: writing %s failed", start)
+        error = broadcast_object(error)
+        if error is not None:
+            raise RuntimeError(f"writing the pruned start checkpoint {start} failed on rank 0: {error}")
         load_state_dict(student, start)
         barrier()
         self.pruned = True
