@@ -34,6 +34,7 @@ from .. import __version__
 from ..checkpoint import CONFIG_FILE, load_state_dict, read_model_config, resolve_checkpoint, weights_dir
 from ..data.tokens import TokenFiles, Window, _sampled_sha256, token_dtype
 from .codec import TopKCodec
+from .loss import default_chunk_tokens
 from .topk_store import (
     META_FILE,
     STORE_FORMAT,
@@ -95,7 +96,7 @@ def teacher_topk(
     input_ids: torch.Tensor,
     k: int,
     *,
-    chunk_tokens: int = 8192,
+    chunk_tokens: Optional[int] = None,
     **model_kwargs: Any,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` next-token predictions at every position of ``input_ids`` (B, L): ids int64
@@ -103,6 +104,7 @@ def teacher_topk(
     full vocabulary. The float32 log-softmax runs over ``chunk_tokens`` positions at a time."""
     logits = model(input_ids, **model_kwargs)
     B, L, V = logits.shape
+    chunk_tokens = chunk_tokens or default_chunk_tokens(logits.device)
     flat = logits.view(B * L, V)
     ids = torch.empty(B * L, k, dtype=torch.long, device=logits.device)
     lps = torch.empty(B * L, k, dtype=torch.float32, device=logits.device)

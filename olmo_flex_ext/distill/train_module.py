@@ -108,13 +108,13 @@ class KDTrainModule(TransformerTrainModule):
         self, input_ids: torch.Tensor, kwargs: Dict[str, Any], dry_run: bool
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         ids, lps = kwargs.pop(TEACHER_IDS, None), kwargs.pop(TEACHER_LOGPROBS, None)
-        if ids is not None and lps is not None:
-            return move_to_device(ids, self.device), move_to_device(lps, self.device)
-        if self.teacher is not None:
+        if self.teacher is not None:  # online: the teacher runs on this micro-batch
             doc = {k: kwargs[k] for k in ("doc_lens", "max_doc_lens") if k in kwargs}
             with self._model_forward_context():
                 return teacher_topk(self.teacher, move_to_device(input_ids, self.device),
                                     self.teacher_top_k, **doc)
+        if ids is not None and lps is not None:
+            return move_to_device(ids, self.device), move_to_device(lps, self.device)
         if dry_run:  # OLMo-core's dry-run batch has only input ids: any distinct ids will do
             V = self.model.vocab_size
             k = min(self._k or 8, V)
