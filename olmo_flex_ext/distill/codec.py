@@ -93,35 +93,35 @@ class TopKCodec:
             if (np.diff(ids, axis=1) == 0).any():
                 raise ValueError("top-k ids must be distinct within a row")
         out = np.empty((n, self.row_bytes), dtype=np.uint8)
-        l = self.lower_bits
-        if l:  # the low l bits of each id, concatenated (l < 32)
-            low = np.ascontiguousarray((ids & ((1 << l) - 1)).astype("<u4"))
+        lo = self.lower_bits
+        if lo:  # the low `lo` bits of each id, concatenated (lo < 32)
+            low = np.ascontiguousarray((ids & ((1 << lo) - 1)).astype("<u4"))
             bits = np.unpackbits(low.view(np.uint8).reshape(n, k, 4), axis=2, bitorder="little")
             out[:, : self.lower_bytes] = np.packbits(
-                bits[:, :, :l].reshape(n, k * l), axis=1, bitorder="little"
+                bits[:, :, :lo].reshape(n, k * lo), axis=1, bitorder="little"
             )
         upper = np.zeros((n, self.upper_bits), dtype=np.uint8)
-        np.put_along_axis(upper, (ids >> l) + np.arange(k), 1, axis=1)
+        np.put_along_axis(upper, (ids >> lo) + np.arange(k), 1, axis=1)
         out[:, self.lower_bytes : self.id_bytes] = np.packbits(upper, axis=1, bitorder="little")
         out[:, self.id_bytes :] = bf16_bits(lps).view(np.uint8).reshape(n, 2 * k)
         return out
 
     def decode(self, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """rows (n, row_bytes) uint8 -> ids int64 (n, k), logprobs float32 (n, k)."""
-        n, k, l = rows.shape[0], self.k, self.lower_bits
+        n, k, lo = rows.shape[0], self.k, self.lower_bits
         upper = np.unpackbits(
             rows[:, self.lower_bytes : self.id_bytes], axis=1, count=self.upper_bits, bitorder="little"
         )
         flat = np.flatnonzero(upper.view(np.bool_))  # much faster than a 2-D nonzero
         if flat.size != n * k:
             raise ValueError("corrupt top-k row: wrong number of ids")
-        ids = ((flat % self.upper_bits).reshape(n, k) - np.arange(k)) << l
-        if l:
-            width, dtype = (16, "<u2") if l <= 16 else (32, "<u4")
+        ids = ((flat % self.upper_bits).reshape(n, k) - np.arange(k)) << lo
+        if lo:
+            width, dtype = (16, "<u2") if lo <= 16 else (32, "<u4")
             bits = np.zeros((n, k, width), dtype=np.uint8)
-            bits[:, :, :l] = np.unpackbits(
-                rows[:, : self.lower_bytes], axis=1, count=k * l, bitorder="little"
-            ).reshape(n, k, l)
+            bits[:, :, :lo] = np.unpackbits(
+                rows[:, : self.lower_bytes], axis=1, count=k * lo, bitorder="little"
+            ).reshape(n, k, lo)
             ids |= np.packbits(bits, axis=2, bitorder="little").view(dtype)[..., 0]
         bits = np.ascontiguousarray(rows[:, self.id_bytes :]).view(np.uint16)
         return ids, bf16_to_float32(bits)

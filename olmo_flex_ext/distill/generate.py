@@ -31,7 +31,13 @@ from olmo_core.data import TokenizerConfig
 from olmo_core.nn.transformer import Transformer
 
 from .. import __version__
-from ..checkpoint import CONFIG_FILE, load_state_dict, read_model_config, resolve_checkpoint, weights_dir
+from ..checkpoint import (
+    CONFIG_FILE,
+    load_state_dict,
+    read_model_config,
+    resolve_checkpoint,
+    weights_dir,
+)
 from ..data.tokens import TokenFiles, Window, _sampled_sha256, token_dtype
 from .codec import TopKCodec
 from .loss import default_chunk_tokens
