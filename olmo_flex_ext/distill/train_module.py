@@ -132,6 +132,10 @@ class KDTrainModule(TransformerTrainModule):
         if "labels" not in batch:
             batch["labels"] = get_labels(batch, label_ignore_index=self.label_ignore_index)
         num_tokens = move_to_device((batch["labels"] != self.label_ignore_index).sum(), self.device)
+        if (instance_mask := batch.get("instance_mask")) is not None:  # as OLMo-core counts them
+            num_tokens = num_tokens + move_to_device(
+                (~instance_mask).sum() * batch["labels"].shape[1], self.device
+            )
         if self.rank_microbatch_size < (seq_len := batch["input_ids"].shape[1]):
             raise RuntimeError(
                 f"Microbatch size ({self.rank_microbatch_size}) is smaller than the sequence "
