@@ -168,8 +168,10 @@ def save_model(
         for k, v in state.items()
     }
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        # One file per tensor: with one file per rank, memory still grew while streaming tensors
+        # read from another checkpoint (a 1.5 GB merge: +560 MB anonymous memory, flat with this).
         writer = dcp.FileSystemWriter(
-            str(tmp), thread_count=1, single_file_per_rank=True, per_thread_copy_ahead=0
+            str(tmp), thread_count=1, single_file_per_rank=False, per_thread_copy_ahead=0
         )
         planner = _LazySavePlanner(lazy)
         try:
