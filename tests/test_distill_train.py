@@ -56,7 +56,6 @@ def env(tmp_path_factory):
         f"--dataset.topk_store={store.path}",
         f"--train_module.teacher_path={teacher}",
         f"--dataset.paths=[{','.join(data)}]",
-        f"--model.block.feed_forward_moe.expert_widths=[{TEACHER_WIDTHS[0]},16]",
         f"--dataset.sequence_length={SEQ}",
         f"--train_module.max_sequence_length={SEQ}",
         f"--train_module.rank_microbatch_size={4 * SEQ}",

@@ -7,17 +7,29 @@ import torch
 from olmo_core.optim import AdamWConfig
 
 from olmo_flex_ext.models import tiny_flex
-from olmo_flex_ext.train.trainable import TrainableExpertsCallback, train_only_experts
+from olmo_flex_ext.train.trainable import TrainableExpertsCallback
 
+CONFIG = """
+from olmo_flex_ext.models import tiny_flex
+from olmo_flex_ext.recipes import TINY_TOKENIZER, flex_experiment
+from olmo_flex_ext.train import train_only_experts
 
-def _experiment(weight_decay=0.0):
-    from olmo_flex_ext.recipes import TINY_TOKENIZER, flex_experiment
-
-    return flex_experiment(
+def build_config():
+    config = flex_experiment(
         model=tiny_flex([48, 16], n_layers=2), data_paths=["unused.npy"], tokenizer=TINY_TOKENIZER,
         save_folder="unused", sequence_length=16, global_batch_tokens=32, microbatch_tokens=32,
-        max_duration=None, lr=1e-3, weight_decay=weight_decay, wandb_project=None,
+        max_duration=None, lr=1e-3, weight_decay=0.1, wandb_project=None,
     )
+    return train_only_experts(config, experts=[1])
+"""
+
+
+def _experiment(tmp_path):
+    """Through load_experiment, which hands the experiment's freeze_params to the model."""
+    from olmo_flex_ext.experiment import load_experiment
+
+    (tmp_path / "config.py").write_text(CONFIG)
+    return load_experiment(str(tmp_path / "config.py"))
 
 
 def _attach(callback, model, optim):
@@ -25,8 +37,8 @@ def _attach(callback, model, optim):
     callback.post_attach()
 
 
-def test_freezes_all_but_shared_moe_tensors_and_masks_rows():
-    config = train_only_experts(_experiment(weight_decay=0.1), experts=[1])
+def test_freezes_all_but_shared_moe_tensors_and_masks_rows(tmp_path):
+    config = _experiment(tmp_path)
     model = config.model.build(init_device="cpu")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {f"blocks.{i}.feed_forward_moe.{t}" for i in range(2) for t in
@@ -45,12 +57,11 @@ def test_freezes_all_but_shared_moe_tensors_and_masks_rows():
     assert router[:64].eq(0).all() and router[64:].eq(1).all()
 
 
-def test_refuses_setups_that_would_move_frozen_rows():
+def test_refuses_setups_that_would_move_frozen_rows(tmp_path):
     model = tiny_flex([48, 16]).build(init_device="cpu")
     with pytest.raises(Exception, match="other parameters are trainable"):
         _attach(TrainableExpertsCallback(experts=[1]), model, None)
-    config = train_only_experts(_experiment(), experts=[1])
-    model = config.model.build(init_device="cpu")
+    model = _experiment(tmp_path).model.build(init_device="cpu")
     with pytest.raises(Exception, match="weight_decay=0.1"):
         _attach(TrainableExpertsCallback(experts=[1]), model,
                 AdamWConfig(lr=1e-3, weight_decay=0.1).build(model))

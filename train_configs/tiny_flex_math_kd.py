@@ -7,15 +7,14 @@ the same recipe as flex_math_*.py (top-k store, KL loss, only expert 1 and its r
     # the student: the teacher with expert 1 pruned to 32 neurons, at runs/tiny_flex_math_kd/student
     python -m olmo_flex_ext.launch train_configs/tiny_flex_math_kd.py
 
-Settings: ``--load_path`` (pruned student), ``--dataset.topk_store``,
-``--train_module.teacher_path``, ``--model.block.feed_forward_moe.expert_widths=[256,W]``.
+Settings: ``--load_path`` (the pruned student; the model config, any widths, is read from it),
+``--dataset.topk_store``, ``--train_module.teacher_path``.
 """
 
 from olmo_core.train import Duration
 
 from olmo_flex_ext.data.synthetic import ensure_synthetic_tokens
 from olmo_flex_ext.distill.recipe import with_distillation
-from olmo_flex_ext.models import tiny_flex
 from olmo_flex_ext.recipes import TINY_TOKENIZER, data_root, flex_experiment
 from olmo_flex_ext.train.trainable import train_only_experts
 
@@ -26,7 +25,7 @@ def build_config():
     seq = 128
     paths = ensure_synthetic_tokens(f"{data_root('runs/data')}/synthetic", vocab_size=512)
     config = flex_experiment(
-        model=tiny_flex([256, 32]),
+        model=None,  # the pruned student's, read from load_path
         data_paths=paths,
         tokenizer=TINY_TOKENIZER,
         save_folder=RUN,

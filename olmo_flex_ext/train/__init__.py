@@ -1,6 +1,8 @@
 """Training helpers shared by train configs: which parameters train."""
 
 from .trainable import (
+    NON_MOE_PARAMS,
+    ROUTER_PARAMS,
     TrainableExpertsCallback,
     expert_freeze_patterns,
     shared_moe_patterns,
@@ -8,6 +10,8 @@ from .trainable import (
 )
 
 __all__ = [
+    "NON_MOE_PARAMS",
+    "ROUTER_PARAMS",
     "TrainableExpertsCallback",
     "expert_freeze_patterns",
     "shared_moe_patterns",

@@ -1,7 +1,8 @@
 """Train only chosen experts of the variable-width MoE layers (FlexOlmo's recipe for new experts).
 
 Everything outside the MoE experts (embeddings, attention, norms, LM head) is frozen as whole
-tensors with OLMo-core's ``TransformerConfig.freeze_params``. The experts' weights ``w1/w2/w3``
+tensors with OLMo-core's ``TransformerConfig.freeze_params`` (set through the experiment's
+``freeze_params``, so it also works for a model read from ``load_path``). The experts' weights ``w1/w2/w3``
 and the router weight are shared tensors holding every expert's rows, so they stay trainable and
 :class:`TrainableExpertsCallback` zeroes the gradient rows of the other experts after backward
 (``pre_optim_step``, before clipping). Under FSDP2 a gradient is a DTensor sharded on dim 0; the
@@ -12,14 +13,12 @@ weight decay (AdamW's decoupled decay would shrink frozen rows) those rows stay 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 from olmo_core.distributed.utils import get_local_tensor
-from olmo_core.nn.transformer import TransformerConfig
 from olmo_core.optim import OptimGroupOverride
 from olmo_core.train.callbacks import Callback
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -32,35 +31,44 @@ __all__ = [
     "train_only_experts",
     "expert_freeze_patterns",
     "shared_moe_patterns",
+    "NON_MOE_PARAMS",
+    "ROUTER_PARAMS",
 ]
+
+
+NON_MOE_PARAMS: List[str] = [
+    "embeddings.*",
+    "lm_head.*",
+    "blocks.*.attention.*",
+    "blocks.*.attention_norm.*",
+    "blocks.*.feed_forward_norm.*",
+]
+"""``freeze_params`` patterns (fnmatch) for every FlexOlmo parameter outside the MoE layers
+(fnmatch has no negation, so the families are listed); :class:`TrainableExpertsCallback` stops a
+run whose model has anything else trainable."""
+
+ROUTER_PARAMS = "blocks.*.feed_forward_moe.router.*"
 
 
 def shared_moe_patterns(train_router: bool = True) -> List[str]:
     """Parameter-name patterns of the tensors shared by all experts of a layer."""
     out = [f"blocks.*.feed_forward_moe.experts.mlp.{w}" for w in ("w1", "w2", "w3")]
-    return out + (["blocks.*.feed_forward_moe.router.weight"] if train_router else [])
+    return out + ([ROUTER_PARAMS] if train_router else [])
 
 
-def expert_freeze_patterns(model: TransformerConfig, train_router: bool = True) -> List[str]:
-    """``freeze_params`` patterns for every parameter outside the experts (and router): the
-    model's parameter names (built on the meta device) with the block index as ``*``."""
-    shared = [re.compile(p.replace(".", r"\.").replace("*", r"\d+") + "$")
-              for p in shared_moe_patterns(train_router)]
-    names = [n for n, _ in model.build(init_device="meta").named_parameters()]
-    return sorted(
-        {re.sub(r"^blocks\.\d+\.", "blocks.*.", n) for n in names
-         if not any(p.match(n) for p in shared)}
-    )
+def expert_freeze_patterns(train_router: bool = True) -> List[str]:
+    """``freeze_params`` patterns for expert-only training: everything outside the experts (and
+    the router unless ``train_router``)."""
+    return NON_MOE_PARAMS + ([] if train_router else [ROUTER_PARAMS])
 
 
 def train_only_experts(config, experts: List[int], train_router: bool = True):
     """Make an experiment config train only ``experts`` (their MLP rows and, with
-    ``train_router``, their router rows): freezes the rest, turns off weight decay on the shared
-    tensors, adds :class:`TrainableExpertsCallback`. Returns the config."""
-    model: TransformerConfig = config.model
-    model.freeze_params = sorted(
-        set(model.freeze_params or []) | set(expert_freeze_patterns(model, train_router))
-    )
+    ``train_router``, their router rows): freezes the rest (the experiment's ``freeze_params``,
+    applied to the model once it is known, also when it comes from ``load_path``), turns off
+    weight decay on the shared tensors, adds :class:`TrainableExpertsCallback`. Returns it."""
+    patterns = (config.freeze_params or []) + expert_freeze_patterns(train_router)
+    config.freeze_params = list(dict.fromkeys(patterns))
     optim = config.train_module.optim
     optim.group_overrides = list(optim.group_overrides or []) + [
         OptimGroupOverride(params=shared_moe_patterns(train_router), opts={"weight_decay": 0.0})
@@ -132,8 +140,8 @@ class TrainableExpertsCallback(Callback):
         if loose:
             raise UserError(
                 f"expert-only training but {len(loose)} other parameters are trainable "
-                f"(e.g. {loose[0]}); build the config with train_only_experts(), which sets "
-                "model.freeze_params"
+                f"(e.g. {loose[0]}); build the config with train_only_experts() and add the "
+                "parameter to the experiment's freeze_params"
             )
         frozen = [n for n, p, _ in self._targets if not p.requires_grad]
         if frozen:
