@@ -20,6 +20,7 @@ COMMAND_MODULES: List[str] = [
     "olmo_flex_ext.hf.commands",
     "olmo_flex_ext.prune.commands",
     "olmo_flex_ext.compose.commands",
+    "olmo_flex_ext.distill.commands",
 ]
 
 

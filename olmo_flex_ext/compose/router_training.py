@@ -19,6 +19,7 @@ from olmo_core.train import Duration
 from olmo_core.train.callbacks import Callback
 
 from ..errors import UserError
+from ..train.trainable import NON_MOE_PARAMS, ROUTER_PARAMS
 
 __all__ = [
     "ROUTER_PARAMS",
@@ -29,17 +30,10 @@ __all__ = [
     "router_experiment",
 ]
 
-ROUTER_PARAMS = "blocks.*.feed_forward_moe.router.*"
-"""The parameters router-only training trains (router weight and, if present, expert bias)."""
-
-ROUTER_ONLY_FREEZE: List[str] = [
-    "embeddings.*",
-    "lm_head.*",
-    "blocks.*.attention.*",
-    "blocks.*.attention_norm.*",
-    "blocks.*.feed_forward_norm.*",
-    "blocks.*.feed_forward_moe.experts.*",
-]
+# ROUTER_PARAMS: the parameters router-only training trains (router weight and, if present,
+# expert bias); NON_MOE_PARAMS: every family outside the MoE layers (shared with expert-only
+# training).
+ROUTER_ONLY_FREEZE: List[str] = NON_MOE_PARAMS + ["blocks.*.feed_forward_moe.experts.*"]
 """``freeze_params`` patterns (fnmatch, as OLMo-core takes them) for every FlexOlmo parameter
 except the routers (fnmatch has no negation, so the other families are listed)."""
 
