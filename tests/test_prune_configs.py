@@ -25,6 +25,7 @@ def test_flex_math_configs_prune_from_the_teacher(width):
     prune = config.trainer.callbacks["prune"]
     assert isinstance(prune, PruneCallback)
     assert prune.teacher == "/ckpt/teacher" and prune.calibration and prune.budget_width is None
+    assert config.load_path is None  # the callback, not a pruned checkpoint, gives the weights
     assert expert_widths_per_layer(config.model) == [[11008, width]] * 32
 
 

@@ -1,5 +1,5 @@
 """Flex-math-2x7B-1T with the math expert's width chosen per layer by importance, at the parameter
-count of the 5504 model (32 x 5504 math-expert neurons), then retrained.
+count of the 5504 model (32 x 5504 math-expert neurons), then distilled like flex_math_5504.py.
 
 The widths come from the teacher's importance scores, read when the config is built: from
 ``$OLMO_FLEX_SCORES``, else ``runs/flex_math_budget/prune/importance.safetensors``. Either compute
@@ -30,6 +30,7 @@ RUN = "runs/flex_math_budget"
 
 def build_config():
     config = flex_math_7b(BUDGET_WIDTH)  # uniform widths until the scores are known
+    config.load_path = None  # the pruning callback makes the initial weights
     config.trainer.save_folder = RUN
     config.dataset.work_dir = f"{RUN}/dataset-cache"
     config.trainer.callbacks["wandb"].name = "flex-math-budget"
