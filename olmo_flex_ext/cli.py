@@ -17,6 +17,10 @@ from .errors import user_errors
 # Modules that add subcommands, in the order they appear in --help.
 COMMAND_MODULES: List[str] = [
     "olmo_flex_ext.commands",
+    "olmo_flex_ext.hf.commands",
+    "olmo_flex_ext.prune.commands",
+    "olmo_flex_ext.compose.commands",
+    "olmo_flex_ext.distill.commands",
     "olmo_flex_ext.demo",
     "olmo_flex_ext.data.commands",
     "olmo_flex_ext.eval.commands",

@@ -24,7 +24,7 @@ from olmo_core.train.callbacks import ConfigSaverCallback
 from olmo_core.train.train_module import TransformerTrainModuleConfig
 from olmo_core.utils import seed_all
 
-from .checkpoint import resolve_checkpoint
+from .checkpoint import check_shapes, resolve_checkpoint
 
 __all__ = ["ExperimentConfig", "load_experiment", "train", "world_size", "check_parallelism"]
 
@@ -34,15 +34,22 @@ log = logging.getLogger(__name__)
 @dataclass
 class ExperimentConfig(OLMoExperimentConfig):
     """OLMo-core's experiment config; ``load_path`` gives initial weights (weights only, e.g. a
-    model-only checkpoint) for a fresh run, while a run folder with checkpoints always resumes."""
+    model-only checkpoint) for a fresh run, while a run folder with checkpoints always resumes.
 
-    model: TransformerConfig
+    A train config may leave ``model`` as ``None``: :func:`load_experiment` then takes the model
+    config from the checkpoint the run starts from (the run folder's latest, else ``load_path``).
+    ``freeze_params`` (fnmatch patterns) are added to the model's ``freeze_params`` once the model
+    is known, so a config can freeze parts of a model it takes from a checkpoint.
+    """
+
+    model: Optional[TransformerConfig]
     dataset: NumpyDatasetConfig
     data_loader: NumpyDataLoaderConfig
     train_module: TransformerTrainModuleConfig
     trainer: TrainerConfig
     init_seed: int = 12536
     load_path: Optional[str] = None
+    freeze_params: Optional[List[str]] = None
 
 
 def load_experiment(path: str, overrides: Optional[List[str]] = None) -> ExperimentConfig:
@@ -70,7 +77,32 @@ def load_experiment(path: str, overrides: Optional[List[str]] = None) -> Experim
         )
     if overrides:
         config = config.merge([o if o.startswith("--") else f"--{o}" for o in overrides])
+    if config.model is None:
+        config.model = _model_from_checkpoint(config, path)
+        vocab = config.dataset.tokenizer.vocab_size
+        if config.model.vocab_size < vocab:
+            raise OLMoConfigurationError(
+                f"the checkpoint's model has a vocabulary of {config.model.vocab_size} but the data "
+                f"of {path} uses {vocab} token ids; use a train config with matching data"
+            )
+    extra = getattr(config, "freeze_params", None)
+    if extra:
+        config.model = config.model.copy()
+        config.model.freeze_params = list(dict.fromkeys((config.model.freeze_params or []) + extra))
     return config
+
+
+def _model_from_checkpoint(config: ExperimentConfig, path: str) -> TransformerConfig:
+    from .checkpoint import list_steps, read_model_config
+
+    if list_steps(config.trainer.save_folder):
+        return read_model_config(config.trainer.save_folder)
+    if config.load_path:
+        return read_model_config(config.load_path)
+    raise OLMoConfigurationError(
+        f"{path} takes its model from a checkpoint: pass --load_path=CHECKPOINT (a model-only "
+        "checkpoint, a trainer stepN/ directory or a run folder)"
+    )
 
 
 def world_size() -> int:
@@ -103,6 +135,7 @@ def train(config: ExperimentConfig) -> None:
     """Build every component and train, resuming from the run folder's latest checkpoint if any."""
     seed_all(config.init_seed)
     model = config.model.build(init_device="meta")
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     train_module = config.train_module.build(model)
     dataset = config.dataset.build()
     data_loader = config.data_loader.build(dataset, dp_process_group=train_module.dp_process_group)
@@ -114,6 +147,7 @@ def train(config: ExperimentConfig) -> None:
 
     if not trainer.maybe_load_checkpoint() and config.load_path:
         init = resolve_checkpoint(config.load_path)
+        check_shapes(init, shapes)
         log.info("Fresh run: loading initial weights from %s", init)
         trainer.load_checkpoint(str(init), load_trainer_state=False, load_optim_state=False)
     trainer.fit()
