@@ -53,7 +53,7 @@ class DemoConfig:
     """MLP width of the public model (and of the math expert it is upcycled into)."""
     seq_len: int = 64
     batch_seqs: int = 32
-    public_steps: int = 300
+    public_steps: int = 400
     public_lr: float = 3e-3
     warmup_steps: int = 20
     save_interval: int = 50
@@ -76,8 +76,8 @@ def demo_config(quick: bool = False, *, wandb: bool = True) -> DemoConfig:
         return DemoConfig(
             quick=True,
             data=DemoDataConfig(
-                general_train_docs=1500, general_eval_docs=60, math_train_problems=8000,
-                math_eval_problems=120,
+                general_train_docs=1500, general_math_problems=2500, general_eval_docs=60,
+                math_train_problems=8000, math_eval_problems=120,
             ),
             d_model=64, n_layers=2, n_heads=4, public_width=256,
             public_steps=60, save_interval=30, eval_windows=16, wandb=wandb,

@@ -25,6 +25,8 @@ def test_english_is_deterministic_and_varied():
 def test_math_problems_are_exact_and_splits_disjoint():
     train = list(math_problems(3000, split="train", seed=1, levels=[1, 2, 3]))
     held = list(math_problems(600, split="eval", seed=1, levels=[1, 2, 3]))
+    products = list(math_problems(200, split="train", ops=["*"]))
+    assert all(p.answer == p.a * p.b and p.op == "*" for p in products)
     for p in train + held:
         assert p.answer == (p.a + p.b if p.op == "+" else p.a - p.b) >= 0
         assert p.text == f"Question: {p.question}\nAnswer: {p.a} {p.op} {p.b} = {p.answer}"
@@ -89,7 +91,9 @@ def test_demo_data_directory(demo_data: DemoData):
     assert len(problems) == 40 and problems == list(math_problems(40, split="eval", levels=[1, 2]))
     with open(demo_data.root / "jsonl" / "general-train.jsonl") as f:
         general = [json.loads(line)["text"] for line in f]
-    assert len(general) == 80 and sum(t.startswith("Question: ") for t in general) == 20
+    assert len(general) == 80
+    mixed_in = [t for t in general if t.startswith("Question: ")]
+    assert len(mixed_in) == 20 and all(" * " in t for t in mixed_in)  # other operations
     assert not list(demo_data.root.parent.glob(".data.tmp-*"))
 
 

@@ -15,6 +15,7 @@ from olmo_flex_ext.report import validate_results
 SCRIPT = """
 import json, sys
 from pathlib import Path
+import torch
 from olmo_flex_ext.data.demo_data import DemoDataConfig
 from olmo_flex_ext.demo import Demo, DemoConfig
 
@@ -29,6 +30,7 @@ if sys.argv[2] == "fail-eval":
     def boom(*args, **kwargs):
         raise RuntimeError("interrupted")
     Demo.stage_eval = boom
+torch.set_num_threads(1)
 demo = Demo(Path(sys.argv[1]), config)
 demo.run()
 print("TIMINGS " + json.dumps(demo.runner.timings))

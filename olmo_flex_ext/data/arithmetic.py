@@ -1,14 +1,17 @@
 """Arithmetic word problems with exact answers: the demo's math domain.
 
 Every problem is one document ``"Question: <question>\\nAnswer: <a> <op> <b> = <result>"``: the
-answer restates the arithmetic, then gives the result (a one-step worked solution, as in GSM8K's
-answers). That keeps the result a few tokens after its operands, which makes the arithmetic
-learnable by a model of a few hundred thousand parameters in a few hundred steps. Questions come from
-several templates (plain ``"What is 23 + 15?"``, worded ``"What is 23 plus 15?"``, and short
-stories) at three difficulty levels (the larger operand has 1, 2 or 3 digits), with addition and
-subtraction (never negative). The train and held-out splits never share a problem: an
-``(operation, a, b)`` triple belongs to exactly one split, chosen by a stable hash, so held-out
-accuracy measures arithmetic the model has not seen, not memorised text.
+answer restates the arithmetic, then gives the result (a one-step worked solution, as GSM8K's
+answers are worked). Questions come from several templates per operation (plain
+``"What is 23 + 15?"``, worded ``"What is 23 plus 15?"``, and short stories) at difficulty levels
+given by the number of digits of the larger operand. The math domain is addition and subtraction
+(never negative); the demo's general corpus carries multiplication problems in the same format,
+so the public model learns the format and how to find the operands, and the domain expert adds
+what only the math data teaches.
+
+Train and held-out problems never share a problem: by default an ``(operation, a, b)`` fact
+belongs to exactly one split, chosen by a stable hash, so held-out accuracy measures arithmetic
+the model has not seen, not memorised text (``split_by="questions"`` splits by question text).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Iterator, Sequence, Tuple
 
 from .english import FOODS, PEOPLE, PLACES, THINGS, plural
 
-__all__ = ["Problem", "math_problems", "is_held_out", "PROMPT_FORMAT", "LEVELS", "OPS"]
+__all__ = ["Problem", "math_problems", "is_held_out", "PROMPT_FORMAT", "LEVELS", "OPS", "ALL_OPS"]
 
 PROMPT_FORMAT = "Question: {question}\nAnswer:"
 """A problem's prompt; the completion is ``" <a> <op> <b> = <answer>"``."""
@@ -29,6 +32,9 @@ LEVELS = (1, 2, 3)
 """Difficulty levels: the number of digits of the larger operand."""
 
 OPS = ("+", "-")
+"""The demo's math domain: additions and subtractions."""
+
+ALL_OPS = ("+", "-", "*")
 
 _ADD = [
     "What is {a} plus {b}?",
@@ -47,7 +53,16 @@ _SUB = [
     "{name} had {a} {xs} and gave {b} to {name2}. How many {things} does {name} have left?",
     "The {place} had {a} {xs}. Then {b} {ys} were taken away. How many {things} are left?",
 ]
-TEMPLATES = {"+": _ADD, "-": _SUB}
+_MUL = [
+    "What is {a} times {b}?",
+    "What is {a} * {b}?",
+    "Multiply {a} and {b}.",
+    "What is the product of {a} and {b}?",
+    "{name} has {a} boxes with {b} {ys} in each. How many {things} does {he} have?",
+    "There are {a} rows of {b} {ys} in the {place}. How many {things} are there in all?",
+]
+TEMPLATES = {"+": _ADD, "-": _SUB, "*": _MUL}
+_APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
 @dataclass(frozen=True)
@@ -99,7 +114,7 @@ def split_key(problem: "Problem", by: str) -> str:
 def _operands(rng: random.Random, level: int, op: str) -> Tuple[int, int]:
     lo = 0 if level == 1 else 10 ** (level - 1)
     a = rng.randint(lo, 10**level - 1)
-    b_digits = rng.randint(1, level)
+    b_digits = 1 if op == "*" else rng.randint(1, level)
     b = rng.randint(0 if b_digits == 1 else 10 ** (b_digits - 1), 10**b_digits - 1)
     if rng.random() < 0.5:
         a, b = b, a
@@ -135,6 +150,7 @@ def math_problems(
     levels: Sequence[int] = LEVELS,
     held_out_percent: int = 10,
     split_by: str = "facts",
+    ops: Sequence[str] = OPS,
 ) -> Iterator[Problem]:
     """``num`` problems of ``split`` (``"train"`` or ``"eval"``), levels and operations drawn
     uniformly, deterministic for a given seed."""
@@ -146,10 +162,10 @@ def math_problems(
     rng = random.Random(f"math-{split}-{seed}")
     made = 0
     while made < num:
-        level, op = rng.choice(list(levels)), rng.choice(OPS)
+        level, op = rng.choice(list(levels)), rng.choice(list(ops))
         a, b = _operands(rng, level, op)
         template = rng.randrange(len(TEMPLATES[op]))
-        answer = a + b if op == "+" else a - b
+        answer = _APPLY[op](a, b)
         problem = Problem(_question(rng, op, a, b, template), answer, op, a, b, level, template)
         if is_held_out(split_key(problem, split_by), held_out_percent) == want_held_out:
             yield problem

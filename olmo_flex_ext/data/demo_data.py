@@ -38,9 +38,11 @@ class DemoDataConfig:
     """Sizes of the demo corpora (tokens: about 200 per general document, 25 per problem)."""
 
     general_train_docs: int = 6000
-    general_math_problems: int = 5000
-    """Training problems mixed into the general corpus (about 10% of its tokens): public data
-    contains some arithmetic, as web text does; the math corpus is the domain data."""
+    general_math_problems: int = 10000
+    """Problems mixed into the general corpus (about 20% of its tokens): public data contains
+    some arithmetic, as web text does, but of other operations (``general_math_ops``) than the
+    math domain's additions and subtractions."""
+    general_math_ops: List[str] = field(default_factory=lambda: ["*"])
     general_eval_docs: int = 200
     math_train_problems: int = 30000
     math_eval_problems: int = 300
@@ -111,7 +113,7 @@ class DemoDataConfig:
         docs = list(english_documents(self.general_train_docs, seed=self.seed))
         extra = math_problems(
             self.general_math_problems, split="train", seed=self.seed + 1000,
-            levels=self.math_levels, split_by=self.math_split_by,
+            levels=self.math_levels, split_by=self.math_split_by, ops=self.general_math_ops,
         )  # fmt: skip
         docs += [p.text for p in extra]
         random.Random(f"general-mix-{self.seed}").shuffle(docs)
