@@ -287,7 +287,7 @@ def public_experiment(config: DemoConfig, data: DemoData, save_folder: Path):
                 general_data=data.token_glob("general-eval"),
                 seq_len=config.seq_len,
                 max_windows=config.eval_windows,
-                eval_interval=max(config.public_steps // 3, 1),
+                eval_interval=max(config.public_steps // 4, 1),
             ),
             "metrics_file": MetricsFileCallback(),
         },

@@ -21,7 +21,8 @@ from olmo_flex_ext.demo import Demo, DemoConfig
 
 config = DemoConfig(
     quick=True,
-    data=DemoDataConfig(general_train_docs=40, general_eval_docs=6, math_train_problems=60,
+    data=DemoDataConfig(general_train_docs=40, general_math_problems=10, general_eval_docs=6,
+                        math_train_problems=60,
                         math_eval_problems=8, vocab_size=384),
     d_model=32, n_layers=1, n_heads=2, public_width=64, seq_len=32, batch_seqs=4,
     public_steps=4, warmup_steps=1, save_interval=2, eval_windows=2, wandb=False,
