@@ -12,21 +12,29 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional, Tuple
 
 import torch
+import yaml
 from olmo_core.data import NumpyDataLoaderConfig, NumpyDatasetConfig
 from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.nn.transformer import TransformerConfig
 from olmo_core.script_utils import ExperimentConfig as OLMoExperimentConfig
-from olmo_core.train import TrainerConfig
+from olmo_core.train import Trainer, TrainerConfig
 from olmo_core.train.callbacks import ConfigSaverCallback
 from olmo_core.train.train_module import TransformerTrainModuleConfig
 from olmo_core.utils import seed_all
 
 from .checkpoint import resolve_checkpoint
 
-__all__ = ["ExperimentConfig", "load_experiment", "train", "world_size", "check_parallelism"]
+__all__ = [
+    "ExperimentConfig",
+    "load_experiment",
+    "train",
+    "world_size",
+    "check_parallelism",
+    "parse_override",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,21 @@ class ExperimentConfig(OLMoExperimentConfig):
     trainer: TrainerConfig
     init_seed: int = 12536
     load_path: Optional[str] = None
+
+    def merge(self, dotlist: List[str], prefix: Optional[str] = None, strict: bool = True):
+        """Apply ``--a.b.c=value`` overrides (values are YAML) and return a new config.
+
+        Unlike the inherited ``Config.merge`` this reaches into integer-keyed dicts such as
+        ``model.block_overrides`` (``--model.block_overrides.3.feed_forward_moe.expert_widths=[..]``)
+        and names the first unknown key instead of raising a bare ``KeyError``.
+        """
+        if prefix is not None or not strict:
+            return super().merge(dotlist, prefix=prefix, strict=strict)
+        data = self.as_dict(include_class_name=True, include_registered_name=True)
+        for item in dotlist:
+            key, value = parse_override(item)
+            set_dotted(data, key, value, item)
+        return self.from_dict(data)
 
 
 def load_experiment(path: str, overrides: Optional[List[str]] = None) -> ExperimentConfig:
@@ -73,6 +96,54 @@ def load_experiment(path: str, overrides: Optional[List[str]] = None) -> Experim
     return config
 
 
+def parse_override(item: str) -> Tuple[str, Any]:
+    """``--a.b=1`` -> ``("a.b", 1)``, the value parsed as YAML (a bare ``--flag`` is ``true``),
+    the same syntax as OLMo-core's dotlists."""
+    name, sep, raw = item.partition("=")
+    name = name.strip(" -").replace("-", "_")
+    if not name:
+        raise OLMoConfigurationError(f"override {item!r} names no field; use --a.b=value")
+    if not sep:
+        return name, True
+    return name, (yaml.safe_load(raw) if raw.strip() else "")
+
+
+def set_dotted(data: Any, key: str, value: Any, item: str) -> None:
+    """Set ``data[k1][k2]...= value`` for ``key = "k1.k2..."``; a segment matches a dict key as a
+    string or as an integer, or a list index. The last segment may add a new dict key."""
+    parts = key.split(".")
+    node = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise OLMoConfigurationError(
+                    f"override {item!r}: {'.'.join(parts[:depth]) or 'config'} is a list of "
+                    f"{len(node)} entries; {part!r} is not an index into it"
+                )
+            slot: Any = int(part)
+        elif isinstance(node, dict):
+            if part in node or last and not (part.isdigit() and int(part) in node):
+                slot = part
+            elif part.isdigit() and int(part) in node:
+                slot = int(part)
+            else:
+                where = ".".join(parts[:depth]) or "the experiment config"
+                known = ", ".join(sorted(str(k) for k in node if k != "_CLASS_"))
+                raise OLMoConfigurationError(
+                    f"override {item!r}: {where} has no field {part!r} (it has: {known})"
+                )
+        else:
+            where = ".".join(parts[:depth])
+            raise OLMoConfigurationError(
+                f"override {item!r}: {where} is a value ({node!r}), not a config with fields"
+            )
+        if last:
+            node[slot] = value
+        else:
+            node = node[slot]
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -99,8 +170,9 @@ def distributed_backend() -> Optional[str]:
     return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
 
 
-def train(config: ExperimentConfig) -> None:
-    """Build every component and train, resuming from the run folder's latest checkpoint if any."""
+def train(config: ExperimentConfig) -> Trainer:
+    """Build every component and train, resuming from the run folder's latest checkpoint if any.
+    Returns the trainer (its ``train_module.model`` holds the trained weights)."""
     seed_all(config.init_seed)
     model = config.model.build(init_device="meta")
     train_module = config.train_module.build(model)
@@ -117,3 +189,4 @@ def train(config: ExperimentConfig) -> None:
         log.info("Fresh run: loading initial weights from %s", init)
         trainer.load_checkpoint(str(init), load_trainer_state=False, load_optim_state=False)
     trainer.fit()
+    return trainer

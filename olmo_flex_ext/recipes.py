@@ -15,13 +15,13 @@ from olmo_core.distributed.parallel import DataParallelType
 from olmo_core.nn.transformer import TransformerConfig
 from olmo_core.optim import AdamWConfig, CosWithWarmup
 from olmo_core.train import Duration, TrainerConfig
-from olmo_core.train.callbacks import Callback, CheckpointerCallback, ConfigSaverCallback
+from olmo_core.train.callbacks import Callback, ConfigSaverCallback
 from olmo_core.train.train_module import (
     TransformerDataParallelConfig,
     TransformerTrainModuleConfig,
 )
 
-from .callbacks import FlexWandBCallback
+from .callbacks import FlexCheckpointerCallback, FlexWandBCallback, MetricsLogCallback
 from .data.tokens import token_dtype
 from .experiment import ExperimentConfig
 
@@ -80,17 +80,17 @@ def flex_experiment(
         dp_config=fsdp(),
     )
     callbacks: Dict[str, Callback] = {
-        "checkpointer": CheckpointerCallback(
+        "checkpointer": FlexCheckpointerCallback(
             save_interval=save_interval,
             ephemeral_save_interval=ephemeral_save_interval,
             save_async=False,
         ),
         "config_saver": ConfigSaverCallback(),
+        "metrics_log": MetricsLogCallback(),  # run folder's metrics.jsonl: every logged step
         "wandb": FlexWandBCallback(
             enabled=wandb_project is not None,
             project=wandb_project,
             name=wandb_name,
-            cancel_tags=None,
         ),
     }
     callbacks.update(extra_callbacks or {})

@@ -54,7 +54,8 @@ def validate_widths(widths: Sequence[int], num_experts: int, top_k: int) -> None
     if len(widths) != num_experts:
         raise OLMoConfigurationError(
             f"expert_widths has {len(widths)} entries but num_experts={num_experts}: "
-            "give exactly one width per expert"
+            "give exactly one width per expert (to change the number of experts, set num_experts "
+            "to the new count as well)"
         )
     if not 1 <= top_k <= num_experts:
         raise OLMoConfigurationError(
@@ -210,21 +211,28 @@ class VariableMoEMLP(MoEMLPBase):
     def _probing(self) -> bool:
         return bool(self.probe._forward_hooks or self.probe._forward_pre_hooks)
 
-    def forward_dense(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """All experts on all tokens. ``x``: ``(N, d_model)``, ``probs``: ``(N, num_experts)``."""
+    def forward_dense(
+        self, x: torch.Tensor, probs: torch.Tensor, batch_shape: Optional[torch.Size] = None
+    ) -> torch.Tensor:
+        """All experts on all tokens. ``x``: ``(N, d_model)``, ``probs``: ``(N, num_experts)``;
+        ``batch_shape`` is the leading shape of the layer input (reported to probes)."""
         w1, w2, w3 = (get_local_tensor(w) for w in (self.w1, self.w2, self.w3))
         x = x.type_as(w1)
         act = F.silu(x @ w1.t()) * (x @ w3.t())
         if self._probing():
             for e in range(self.num_experts):
-                routing = ExpertRouting(e, None, probs[:, e], x.shape[:-1])
+                routing = ExpertRouting(e, None, probs[:, e], batch_shape or x.shape[:-1])
                 self.probe(act[:, self.expert_slice(e)], routing)
         widths = torch.tensor(self.expert_widths, device=x.device)
         scale = probs.to(act.dtype).repeat_interleave(widths, dim=1, output_size=act.shape[1])
         return (act * scale) @ w2
 
     def forward_routed(
-        self, x: torch.Tensor, expert_weights: torch.Tensor, expert_indices: torch.Tensor
+        self,
+        x: torch.Tensor,
+        expert_weights: torch.Tensor,
+        expert_indices: torch.Tensor,
+        batch_shape: Optional[torch.Size] = None,
     ) -> torch.Tensor:
         """Each expert on the tokens routed to it. ``expert_*``: ``(N, top_k)``."""
         w1, w2, w3 = (get_local_tensor(w) for w in (self.w1, self.w2, self.w3))
@@ -247,7 +255,7 @@ class VariableMoEMLP(MoEMLPBase):
             xe = x.index_select(0, tokens)
             act = F.silu(xe @ w1[s].t()) * (xe @ w3[s].t())
             if self._probing():
-                self.probe(act, ExpertRouting(e, tokens, weights, x.shape[:-1]))
+                self.probe(act, ExpertRouting(e, tokens, weights, batch_shape or x.shape[:-1]))
             out.index_add_(0, tokens, (act @ w2[s]) * weights.unsqueeze(-1).to(act.dtype))
         return out
 
@@ -274,9 +282,9 @@ class VariableExperts(ParallelMLPBase):
             probs = torch.zeros(
                 x2.shape[0], self.num_experts, device=x.device, dtype=weights.dtype
             ).scatter(1, indices, weights)
-            out = self.mlp.forward_dense(x2, probs)
+            out = self.mlp.forward_dense(x2, probs, shape[:-1])
         else:
-            out = self.mlp.forward_routed(x2, weights, indices)
+            out = self.mlp.forward_routed(x2, weights, indices, shape[:-1])
         return out.reshape(shape).to(x.dtype)
 
 
