@@ -148,19 +148,37 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def check_parallelism(config: ExperimentConfig) -> None:
-    """Refuse multi-rank runs without data parallelism (gradients would never be synchronised);
-    drop data parallelism for single-process runs, where OLMo-core refuses it."""
-    dp = getattr(config.train_module, "dp_config", None)
-    if world_size() > 1 and dp is None:
+def check_parallelism(config: ExperimentConfig, ranks: Optional[int] = None) -> None:
+    """Refuse multi-rank runs without data parallelism (gradients would never be synchronised)
+    and batch sizes the ranks cannot split (OLMo-core only finds out after building everything);
+    drop data parallelism for single-process runs, where OLMo-core refuses it.
+    ``ranks`` defaults to this launch's world size (``WORLD_SIZE``)."""
+    tm = config.train_module
+    dp = getattr(tm, "dp_config", None)
+    ranks = ranks or world_size()
+    if ranks > 1 and dp is None:
         raise OLMoConfigurationError(
-            f"{world_size()} ranks but train_module.dp_config is None, so gradients would never be "
-            "synchronised; set it, e.g. --train_module.dp_config.name=fsdp (or ddp/hsdp), or run "
-            "one rank"
+            f"{ranks} ranks but train_module.dp_config is None, so gradients would never be "
+            "synchronised; set it, e.g. --train_module.dp_config='{name: fsdp}' (or ddp/hsdp), "
+            "or run one rank"
         )
-    if world_size() == 1 and dp is not None:
+    if ranks == 1 and dp is not None:
         log.info("Single process: data parallelism (%s) is not used", dp.name)
-        config.train_module.dp_config = None
+        tm.dp_config = None
+    model_parallel = any(
+        getattr(tm, name, None) is not None for name in ("tp_config", "cp_config", "pp_config")
+    )
+    micro = getattr(tm, "rank_microbatch_size", None)
+    batch = config.data_loader.global_batch_size
+    if not model_parallel and micro and batch % (micro * ranks) != 0:
+        seq = getattr(config.dataset, "sequence_length", None) or micro
+        raise OLMoConfigurationError(
+            f"global batch of {batch:,d} tokens cannot be split into micro-batches of {micro:,d} "
+            f"tokens on {ranks} ranks; make --data_loader.global_batch_size a multiple of "
+            f"{micro * ranks:,d} (e.g. {-(-batch // (micro * ranks)) * micro * ranks:,d} = "
+            f"{-(-batch // (micro * ranks)) * micro * ranks // seq} sequences of {seq}), lower "
+            "--train_module.rank_microbatch_size, or change the number of ranks"
+        )
 
 
 def distributed_backend() -> Optional[str]:

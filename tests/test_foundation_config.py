@@ -228,3 +228,13 @@ def test_two_ranks_without_data_parallelism_are_refused(tmp_path):
     assert out.returncode != 0
     assert "error: 2 ranks but train_module.dp_config is None" in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_batch_that_ranks_cannot_split_is_refused_before_building(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "8")  # 12 sequences per step do not split over 8 ranks
+    with pytest.raises(SystemExit) as exit_info:
+        launch.main([str(ROOT / "train_configs" / "flex_math_5504.py"), "--dry-run"])
+    assert exit_info.value.code == 2
+    assert "multiple of 32,768" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert launch.main([str(ROOT / "train_configs" / "flex_math_5504.py"), "--dry-run"]) == 0

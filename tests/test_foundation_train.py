@@ -134,15 +134,20 @@ def test_torchrun_two_ranks_fsdp_matches_one_rank_and_resumes(full_run, tmp_path
         torch.testing.assert_close(fsdp_weights[k], v, atol=1e-3, rtol=0, msg=k)
 
 
-def test_wandb_offline_run_exits_zero(tmp_path):
+def test_wandb_offline_run_exits_zero_and_resume_continues_the_same_run(tmp_path):
     folder = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
     env.pop("WANDB_API_KEY", None)
     fast = [o for o in FAST if "wandb" not in o and "max_duration" not in o]
     cmd = [sys.executable, "-m", "olmo_flex_ext.launch", CONFIG, f"--trainer.save_folder={folder}"]
-    cmd += [*fast, "--trainer.max_duration.value=3", "--trainer.callbacks.wandb.enabled=true"]
-    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stderr[-3000:]
-    runs = list((folder / "wandb" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and any(runs[0].glob("*.wandb")), list((folder / "wandb").rglob("*"))
+    cmd += [*fast, "--trainer.callbacks.wandb.enabled=true"]
+    for steps in (2, 3):  # the second run resumes from the first one's step2 checkpoint
+        out = subprocess.run(
+            cmd + [f"--trainer.max_duration.value={steps}"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted((folder / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(any(r.glob("*.wandb")) for r in runs), runs
+    assert len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one W&B run id
     shutil.rmtree(folder)

@@ -1,7 +1,10 @@
 """Flex-math-2x7B-1T with the math expert at width 2048 (public expert 11008).
 
-    torchrun --nproc-per-node=8 -m olmo_flex_ext.launch train_configs/flex_math_2048.py \
+    torchrun --nproc-per-node=4 -m olmo_flex_ext.launch train_configs/flex_math_2048.py \
         --trainer.save_folder=/shared/runs/flex_math_2048 --dataset.paths='[/data/math/*.npy]'
+
+A step is 12 sequences of 4096 tokens (the reference recipe): run it on 4, 6 or 12 GPUs,
+or on 8 or more set --data_loader.global_batch_size to a multiple of 4096 x GPUs.
 """
 
 from olmo_flex_ext.recipes import flex_math_7b

@@ -215,17 +215,29 @@ class VariableMoEMLP(MoEMLPBase):
         self, x: torch.Tensor, probs: torch.Tensor, batch_shape: Optional[torch.Size] = None
     ) -> torch.Tensor:
         """All experts on all tokens. ``x``: ``(N, d_model)``, ``probs``: ``(N, num_experts)``;
-        ``batch_shape`` is the leading shape of the layer input (reported to probes)."""
+        ``batch_shape`` is the leading shape of the layer input (reported to probes).
+
+        The up-projections are two matmuls over the concatenated width; the down-projection runs
+        per expert on a view of its activation columns, and the router probability scales that
+        expert's ``(N, d_model)`` output. Scaling the outputs rather than the ``(N, sum of
+        widths)`` activations keeps the extra elementwise work (forward and backward) small.
+        """
         w1, w2, w3 = (get_local_tensor(w) for w in (self.w1, self.w2, self.w3))
         x = x.type_as(w1)
         act = F.silu(x @ w1.t()) * (x @ w3.t())
+        acts = act.split(self.expert_widths, dim=1)
         if self._probing():
             for e in range(self.num_experts):
                 routing = ExpertRouting(e, None, probs[:, e], batch_shape or x.shape[:-1])
-                self.probe(act[:, self.expert_slice(e)], routing)
-        widths = torch.tensor(self.expert_widths, device=x.device)
-        scale = probs.to(act.dtype).repeat_interleave(widths, dim=1, output_size=act.shape[1])
-        return (act * scale) @ w2
+                self.probe(acts[e], routing)
+        probs = probs.to(act.dtype)
+        out: Optional[torch.Tensor] = None
+        for e, w2_e in enumerate(w2.split(self.expert_widths, dim=0)):
+            p_e = probs[:, e : e + 1]
+            y_e = acts[e] @ w2_e
+            out = y_e * p_e if out is None else torch.addcmul(out, y_e, p_e)
+        assert out is not None
+        return out
 
     def forward_routed(
         self,
