@@ -30,9 +30,16 @@ TINY = str(ROOT / "train_configs" / "tiny_flex.py")
 WIDTHS_KEY = "model.block.feed_forward_moe.expert_widths"
 
 
-@pytest.fixture(autouse=True)
-def data_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("OLMO_FLEX_DATA_ROOT", str(tmp_path / "data"))
+@pytest.fixture(scope="module", autouse=True)
+def data_root(tmp_path_factory):
+    """The tiny config's synthetic tokens, made once for this module in a temp dir."""
+    old = os.environ.get("OLMO_FLEX_DATA_ROOT")
+    os.environ["OLMO_FLEX_DATA_ROOT"] = str(tmp_path_factory.mktemp("data"))
+    yield
+    if old is None:
+        del os.environ["OLMO_FLEX_DATA_ROOT"]
+    else:
+        os.environ["OLMO_FLEX_DATA_ROOT"] = old
 
 
 def built_widths(config: TransformerConfig):
@@ -220,7 +227,7 @@ def test_launcher_process_exits_2_with_one_line(tmp_path):
 
 
 def test_two_ranks_without_data_parallelism_are_refused(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OLMO_FLEX_DATA_ROOT": str(tmp_path / "data")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     cmd += ["-m", "olmo_flex_ext.launch", TINY, "--train_module.dp_config=null"]
     cmd += [f"--trainer.save_folder={tmp_path / 'run'}"]

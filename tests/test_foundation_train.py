@@ -28,15 +28,20 @@ HARD_STOP_5 = "--trainer.hard_stop={value: 5, unit: steps}"
 
 @pytest.fixture(scope="module", autouse=True)
 def data_root(tmp_path_factory):
-    """Synthetic token data in a temp dir, shared by every run of this module."""
+    """Synthetic token data in a temp dir, shared by every run of this module; one thread per
+    process (the model is tiny, and extra threads only contend on a busy machine)."""
     root = tmp_path_factory.mktemp("data")
-    old = os.environ.get("OLMO_FLEX_DATA_ROOT")
-    os.environ["OLMO_FLEX_DATA_ROOT"] = str(root)
+    saved = {k: os.environ.get(k) for k in ("OLMO_FLEX_DATA_ROOT", "OMP_NUM_THREADS")}
+    threads = torch.get_num_threads()
+    os.environ.update(OLMO_FLEX_DATA_ROOT=str(root), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
     yield root
-    if old is None:
-        del os.environ["OLMO_FLEX_DATA_ROOT"]
-    else:
-        os.environ["OLMO_FLEX_DATA_ROOT"] = old
+    torch.set_num_threads(threads)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def run_in_process(save_folder, *extra):
@@ -113,7 +118,7 @@ def test_torchrun_two_ranks_fsdp_matches_one_rank_and_resumes(full_run, tmp_path
     """The README's torchrun command on 2 gloo ranks with FSDP: stopped at step 5, the same command
     again resumes from the latest checkpoint; losses match the single-process run."""
     folder = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["train_configs/tiny_flex.py", f"--trainer.save_folder={folder}", *FAST]
     first = torchrun([*args, HARD_STOP_5], env, ROOT)
     assert first.returncode == 0, first.stderr[-3000:]
