@@ -25,6 +25,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from olmo_core.distributed.checkpoint import get_checkpoint_metadata, load_keys
 from olmo_core.nn.transformer import Transformer, TransformerConfig
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import WriteItem
 
@@ -41,8 +42,12 @@ __all__ = [
     "resolve_checkpoint",
     "weights_dir",
     "tensor_shapes",
+    "tensor_meta",
     "iter_tensors",
+    "lazy_state",
+    "check_shapes",
     "atomic_output_dir",
+    "check_output",
 ]
 
 CONFIG_FILE = "config.json"
@@ -71,21 +76,45 @@ TensorLike = Union[torch.Tensor, LazyTensor]
 class _LazySavePlanner(DefaultSavePlanner):
     # DCP asks the planner for each tensor's data right before writing it; resolving lazy tensors
     # there lets one tensor at a time live in memory. torch has no public streaming writer.
+    #
+    # torch's FileSystemWriter (2.13) keeps a reference to every tensor it has written until the
+    # file is closed (it only needs them for its safetensors format), which would hold the whole
+    # model. So the storage of the previously resolved lazy tensor is released when the next one
+    # is requested: with the serial loader (``per_thread_copy_ahead=0`` in save_model) a tensor is
+    # written before the next one is resolved.
     def __init__(self, lazy: Mapping[str, LazyTensor]):
         super().__init__()
         self._lazy = lazy
+        self._previous: Optional[torch.Tensor] = None
+
+    def release(self) -> None:
+        if self._previous is not None:
+            self._previous.untyped_storage().resize_(0)
+            self._previous = None
 
     def resolve_data(self, write_item: WriteItem):
         lazy = self._lazy.get(write_item.index.fqn)
         if lazy is None:
             return super().resolve_data(write_item)
+        self.release()
         tensor = lazy.load()
         if tuple(tensor.shape) != tuple(lazy.shape) or tensor.dtype != lazy.dtype:
             raise CheckpointError(
                 f"tensor {write_item.index.fqn} came out {tuple(tensor.shape)} {tensor.dtype}, "
                 f"expected {lazy.shape} {lazy.dtype}"
             )
-        return tensor.contiguous()
+        # A copy with storage of its own, so that releasing it frees nobody else's tensor
+        # (load() may return a view or a tensor its caller keeps).
+        tensor = tensor.clone(memory_format=torch.contiguous_format)
+        self._previous = tensor
+        return tensor
+
+
+def check_output(out: Union[str, Path], overwrite: bool = False) -> None:
+    """Raise :class:`CheckpointError` if ``out`` exists and may not be replaced (call it before
+    long work; :class:`atomic_output_dir` checks again)."""
+    if Path(out).exists() and not overwrite:
+        raise CheckpointError(f"output {out} already exists; choose another path or pass --overwrite")
 
 
 class atomic_output_dir:
@@ -101,10 +130,7 @@ class atomic_output_dir:
         self.tmp: Optional[Path] = None
 
     def __enter__(self) -> Path:
-        if self.out.exists() and not self.overwrite:
-            raise CheckpointError(
-                f"output {self.out} already exists; choose another path or pass --overwrite"
-            )
+        check_output(self.out, self.overwrite)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
         return self.tmp
@@ -142,8 +168,19 @@ def save_model(
         for k, v in state.items()
     }
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        writer = dcp.FileSystemWriter(str(tmp), thread_count=1, single_file_per_rank=True)
-        dcp.save({"model": to_save}, storage_writer=writer, planner=_LazySavePlanner(lazy), no_dist=True)
+        writer = dcp.FileSystemWriter(
+            str(tmp), thread_count=1, single_file_per_rank=True, per_thread_copy_ahead=0
+        )
+        planner = _LazySavePlanner(lazy)
+        try:
+            dcp.save({"model": to_save}, storage_writer=writer, planner=planner, no_dist=True)
+            planner.release()
+        except CheckpointException as e:
+            # DCP wraps errors raised while producing a lazy tensor; surface the user's error.
+            for exc, _ in e.failures.values():
+                if isinstance(exc, UserError):
+                    raise exc from None
+            raise
         config: Dict[str, Any] = {"model": model_config.as_config_dict()}
         if info:
             config["olmo_flex"] = info
@@ -198,14 +235,19 @@ def read_model_config(path: Union[str, Path]) -> TransformerConfig:
     return TransformerConfig.from_dict(config["model"])
 
 
-def tensor_shapes(path: Union[str, Path]) -> Dict[str, Tuple[int, ...]]:
-    """Parameter name -> shape for the model weights of a checkpoint, read from DCP metadata."""
+def tensor_meta(path: Union[str, Path]) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
+    """Parameter name -> (shape, dtype) for the model weights of a checkpoint, from DCP metadata."""
     meta = get_checkpoint_metadata(str(weights_dir(path)))
     out = {}
     for key, m in meta.state_dict_metadata.items():
         if key.startswith(MODEL_PREFIX) and hasattr(m, "size"):
-            out[key[len(MODEL_PREFIX):]] = tuple(m.size)
+            out[key[len(MODEL_PREFIX):]] = (tuple(m.size), m.properties.dtype)
     return out
+
+
+def tensor_shapes(path: Union[str, Path]) -> Dict[str, Tuple[int, ...]]:
+    """Parameter name -> shape for the model weights of a checkpoint, read from DCP metadata."""
+    return {name: shape for name, (shape, _) in tensor_meta(path).items()}
 
 
 def iter_tensors(path: Union[str, Path], names: Iterable[str]) -> Iterator[Tuple[str, torch.Tensor]]:
@@ -216,22 +258,44 @@ def iter_tensors(path: Union[str, Path], names: Iterable[str]) -> Iterator[Tuple
         yield name, tensor
 
 
-def load_state_dict(model: Transformer, path: Union[str, Path]) -> None:
-    """Load a checkpoint's weights into ``model`` in place (shapes must match)."""
-    from olmo_core.distributed.checkpoint import load_model_and_optim_state
+def lazy_state(path: Union[str, Path]) -> Dict[str, LazyTensor]:
+    """A checkpoint's model weights as :class:`LazyTensor` s that each load one tensor on demand."""
+    wdir = str(weights_dir(path))
 
+    def loader(name: str) -> Callable[[], torch.Tensor]:
+        def load() -> torch.Tensor:
+            (tensor,) = load_keys(wdir, [MODEL_PREFIX + name])
+            return tensor
+
+        return load
+
+    return {
+        name: LazyTensor(shape, dtype, loader(name))
+        for name, (shape, dtype) in tensor_meta(path).items()
+    }
+
+
+def check_shapes(path: Union[str, Path], expected: Mapping[str, Tuple[int, ...]]) -> None:
+    """Raise :class:`CheckpointError` unless the checkpoint has every expected tensor with the
+    expected shape (``expected``: name -> shape, e.g. from a model built on the meta device)."""
     wdir = weights_dir(path)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = tensor_shapes(path)
     for k, shape in expected.items():
         if k not in found:
             raise CheckpointError(f"checkpoint {wdir} has no tensor {k}: it is for another model")
-        if found[k] != shape:
+        if found[k] != tuple(shape):
             raise CheckpointError(
-                f"checkpoint {wdir} has {k} with shape {found[k]} but the model expects {shape}: "
-                "the checkpoint's config.json does not describe its weights"
+                f"checkpoint {wdir} has {k} with shape {found[k]} but the model expects "
+                f"{tuple(shape)}: the checkpoint was made for a model of another shape"
             )
-    load_model_and_optim_state(str(wdir), model)
+
+
+def load_state_dict(model: Transformer, path: Union[str, Path]) -> None:
+    """Load a checkpoint's weights into ``model`` in place (shapes must match)."""
+    from olmo_core.distributed.checkpoint import load_model_and_optim_state
+
+    check_shapes(path, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    load_model_and_optim_state(str(weights_dir(path)), model)
 
 
 def load_model(path: Union[str, Path]) -> Transformer:

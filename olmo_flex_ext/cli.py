@@ -17,6 +17,7 @@ from .errors import user_errors
 # Modules that add subcommands, in the order they appear in --help.
 COMMAND_MODULES: List[str] = [
     "olmo_flex_ext.commands",
+    "olmo_flex_ext.hf.commands",
 ]
 
 

@@ -25,7 +25,7 @@ from olmo_core.train.callbacks import ConfigSaverCallback
 from olmo_core.train.train_module import TransformerTrainModuleConfig
 from olmo_core.utils import seed_all
 
-from .checkpoint import resolve_checkpoint
+from .checkpoint import check_shapes, resolve_checkpoint
 
 __all__ = [
     "ExperimentConfig",
@@ -42,9 +42,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class ExperimentConfig(OLMoExperimentConfig):
     """OLMo-core's experiment config; ``load_path`` gives initial weights (weights only, e.g. a
-    model-only checkpoint) for a fresh run, while a run folder with checkpoints always resumes."""
+    model-only checkpoint) for a fresh run, while a run folder with checkpoints always resumes.
 
-    model: TransformerConfig
+    A train config may leave ``model`` as ``None``: :func:`load_experiment` then takes the model
+    config from the checkpoint the run starts from (the run folder's latest, else ``load_path``).
+    """
+
+    model: Optional[TransformerConfig]
     dataset: NumpyDatasetConfig
     data_loader: NumpyDataLoaderConfig
     train_module: TransformerTrainModuleConfig
@@ -93,6 +97,14 @@ def load_experiment(path: str, overrides: Optional[List[str]] = None) -> Experim
         )
     if overrides:
         config = config.merge([o if o.startswith("--") else f"--{o}" for o in overrides])
+    if config.model is None:
+        config.model = _model_from_checkpoint(config, path)
+        vocab = config.dataset.tokenizer.vocab_size
+        if config.model.vocab_size < vocab:
+            raise OLMoConfigurationError(
+                f"the checkpoint's model has a vocabulary of {config.model.vocab_size} but the data "
+                f"of {path} uses {vocab} token ids; use a train config with matching data"
+            )
     return config
 
 
@@ -144,6 +156,19 @@ def set_dotted(data: Any, key: str, value: Any, item: str) -> None:
             node = node[slot]
 
 
+def _model_from_checkpoint(config: ExperimentConfig, path: str) -> TransformerConfig:
+    from .checkpoint import list_steps, read_model_config
+
+    if list_steps(config.trainer.save_folder):
+        return read_model_config(config.trainer.save_folder)
+    if config.load_path:
+        return read_model_config(config.load_path)
+    raise OLMoConfigurationError(
+        f"{path} takes its model from a checkpoint: pass --load_path=CHECKPOINT (a model-only "
+        "checkpoint, a trainer stepN/ directory or a run folder)"
+    )
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -193,6 +218,7 @@ def train(config: ExperimentConfig) -> Trainer:
     Returns the trainer (its ``train_module.model`` holds the trained weights)."""
     seed_all(config.init_seed)
     model = config.model.build(init_device="meta")
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     train_module = config.train_module.build(model)
     dataset = config.dataset.build()
     data_loader = config.data_loader.build(dataset, dp_process_group=train_module.dp_process_group)
@@ -204,6 +230,7 @@ def train(config: ExperimentConfig) -> Trainer:
 
     if not trainer.maybe_load_checkpoint() and config.load_path:
         init = resolve_checkpoint(config.load_path)
+        check_shapes(init, shapes)
         log.info("Fresh run: loading initial weights from %s", init)
         trainer.load_checkpoint(str(init), load_trainer_state=False, load_optim_state=False)
     trainer.fit()

@@ -17,14 +17,18 @@ from rich.console import Console
 
 from .errors import user_errors
 
-__all__ = ["main", "describe"]
+__all__ = ["main", "describe", "describe_model"]
 
 
 def describe(config) -> str:
     """A short summary of an experiment: parameter counts and expert widths per layer."""
+    return describe_model(config.model)
+
+
+def describe_model(model) -> str:
+    """Parameter counts and expert widths per layer of a model config."""
     from .models import expert_widths_per_layer
 
-    model = config.model
     lines = [
         f"total params:  {model.num_params / 1e9:.2f}B ({model.num_params:,d})",
         f"active params: {model.num_active_params / 1e9:.2f}B ({model.num_active_params:,d})",

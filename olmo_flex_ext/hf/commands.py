@@ -1,0 +1,131 @@
+"""Checkpoint commands: ``import-hf``, ``export-hf``, ``upcycle`` and ``info``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import List
+
+DTYPES = ["float32", "bfloat16", "float16"]
+
+
+def _widths(text: str) -> List[int]:
+    try:
+        widths = [int(w) for w in text.replace("x", ",").split(",") if w.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"widths must look like 256,128 (got {text!r})") from None
+    if not widths:
+        raise argparse.ArgumentTypeError("give at least one width")
+    return widths
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-hf",
+        help="transformers FlexOlmo directory -> model-only checkpoint",
+        description="Convert a transformers FlexOlmo directory (config.json + safetensors, single or "
+        "sharded) into a model-only checkpoint, streaming one tensor at a time.",
+    )
+    p.add_argument("hf_dir", metavar="HF_DIR")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--dtype", choices=DTYPES, help="convert weights (default: keep their dtype)")
+    p.add_argument(
+        "--keep-padding",
+        action="store_true",
+        help="keep zero-padded experts at the full width instead of restoring recorded widths",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(run=_import)
+
+    p = sub.add_parser(
+        "export-hf",
+        help="checkpoint -> transformers FlexOlmo directory",
+        description="Write a model-only or trainer checkpoint (or a run folder's latest) as a "
+        "directory that transformers loads with AutoModelForCausalLM.from_pretrained. Narrower "
+        "experts are zero-padded to the widest, which computes the same function.",
+    )
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--tokenizer", metavar="DIR", help="copy the tokenizer files from DIR")
+    p.add_argument("--dtype", choices=DTYPES, help="weight dtype (default: as stored)")
+    p.add_argument("--max-shard-size", default="5GB", help="largest safetensors file (default 5GB)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser(
+        "upcycle",
+        help="dense OLMo-2-style model -> N experts that are copies of its MLP",
+        description="Grow a dense OLMo-2-style model (OLMo-core checkpoint or transformers Olmo2 "
+        "directory) into a variable-width MoE whose experts start as copies of the dense MLP.",
+    )
+    p.add_argument("dense", metavar="DENSE")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--experts", type=int, required=True, help="number of experts")
+    p.add_argument(
+        "--widths",
+        type=_widths,
+        help="one width per expert, e.g. 256,128 (default: the dense width; narrower experts "
+        "keep the first neurons)",
+    )
+    p.add_argument("--top-k", type=int, help="experts per token (default: all)")
+    p.add_argument(
+        "--router-from",
+        metavar="PATH",
+        help="router rows: safetensors file (key 'router' (N, d_model) or layer{i}), or a MoE "
+        "checkpoint / FlexOlmo directory to copy from (default: small random values)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random router rows")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(run=_upcycle)
+
+    p = sub.add_parser(
+        "info",
+        help="architecture, expert widths and parameter counts of a checkpoint",
+        description="Describe a model-only checkpoint, trainer stepN/ directory, run folder or "
+        "transformers FlexOlmo/Olmo2 directory.",
+    )
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(run=_info)
+
+
+def _done(what: str, out: str) -> int:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"{what} -> {out}")
+    return 0
+
+
+def _import(args) -> int:
+    from . import import_hf
+
+    import_hf(
+        args.hf_dir, args.out, overwrite=args.overwrite, dtype=args.dtype,
+        keep_padding=args.keep_padding,
+    )
+    return _done("imported", args.out)
+
+
+def _export(args) -> int:
+    from . import export_hf, parse_size
+
+    export_hf(
+        args.src, args.out, tokenizer=args.tokenizer, overwrite=args.overwrite,
+        max_shard_bytes=parse_size(args.max_shard_size), dtype=args.dtype,
+    )
+    return _done("exported", args.out)
+
+
+def _upcycle(args) -> int:
+    from . import upcycle
+
+    upcycle(
+        args.dense, args.out, num_experts=args.experts, expert_widths=args.widths,
+        router_from=args.router_from, seed=args.seed, overwrite=args.overwrite, top_k=args.top_k,
+    )
+    return _done("upcycled", args.out)
+
+
+def _info(args) -> int:
+    from .summary import summarize
+
+    print(summarize(args.path))
+    return 0
