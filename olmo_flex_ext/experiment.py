@@ -228,10 +228,24 @@ def train(config: ExperimentConfig) -> Trainer:
         if isinstance(callback, ConfigSaverCallback):  # also hands the config to W&B
             callback.config = config.as_config_dict()
 
-    if not trainer.maybe_load_checkpoint() and config.load_path:
+    resumed = trainer.maybe_load_checkpoint()
+    if not resumed and config.load_path:
         init = resolve_checkpoint(config.load_path)
         check_shapes(init, shapes)
         log.info("Fresh run: loading initial weights from %s", init)
         trainer.load_checkpoint(str(init), load_trainer_state=False, load_optim_state=False)
+    if resumed and finished(trainer):
+        # Trainer.fit() on a finished multi-rank run can deadlock (its cancel check and first
+        # metrics reduction race on one process group), and there is nothing left to do.
+        log.info("The run in %s already finished (step %d)", config.trainer.save_folder, trainer.global_step)
+        return trainer
     trainer.fit()
     return trainer
+
+
+def finished(trainer: Trainer) -> bool:
+    """Whether the trainer has reached its max duration (or hard stop)."""
+    now = dict(step=trainer.global_step, tokens=trainer.global_train_tokens_seen, epoch=trainer.epoch)
+    return trainer.max_duration.due(**now) or (
+        trainer.hard_stop is not None and trainer.hard_stop.due(**now)
+    )

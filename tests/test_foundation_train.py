@@ -116,7 +116,8 @@ def torchrun(args, env, cwd):
 @pytest.mark.slow
 def test_torchrun_two_ranks_fsdp_matches_one_rank_and_resumes(full_run, tmp_path):
     """The README's torchrun command on 2 gloo ranks with FSDP: stopped at step 5, the same command
-    again resumes from the latest checkpoint; losses match the single-process run."""
+    again resumes from the latest checkpoint, and once more is a no-op; losses match the
+    single-process run."""
     folder = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["train_configs/tiny_flex.py", f"--trainer.save_folder={folder}", *FAST]
@@ -129,6 +130,9 @@ def test_torchrun_two_ranks_fsdp_matches_one_rank_and_resumes(full_run, tmp_path
     assert f"Loading checkpoint from '{folder}/step5'" in log
     assert "Will resume training from step 5" in log
     assert sorted(p.name for p in folder.glob("step*")) == ["step0", "step10", "step5"]
+    third = torchrun(args, env, ROOT)  # finished: exits at once
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "already finished (step 10)" in third.stdout + third.stderr
 
     one, two = full_run[2], losses(folder)
     assert len(two) == STEPS
