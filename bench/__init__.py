@@ -13,10 +13,22 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional
 
-__all__ = ["Timing", "time_interleaved", "report", "add_timing_args", "BENCHMARKS", "CLOCKS"]
+__all__ = [
+    "Timing",
+    "time_interleaved",
+    "report",
+    "add_timing_args",
+    "BENCHMARKS",
+    "MEMORY_BENCHMARKS",
+    "CLOCKS",
+]
 
-BENCHMARKS: List[str] = ["bench.moe"]
-"""Modules with a ``main(argv) -> int``, run in this order by ``python -m bench``."""
+BENCHMARKS: List[str] = ["bench.moe", "bench.routing", "bench.importance", "bench.distill"]
+"""Ratio benchmarks (modules with a ``main()``), run in this order by ``python -m bench``."""
+
+MEMORY_BENCHMARKS: List[str] = ["bench.hf_import", "bench.prune", "bench.merge_memory"]
+"""Peak-memory benchmarks: they write GBs of synthetic checkpoints, so they run only by name
+(``python -m bench bench.prune``, or ``python bench/prune.py``)."""
 
 
 @dataclass

@@ -18,6 +18,9 @@ from .errors import user_errors
 COMMAND_MODULES: List[str] = [
     "olmo_flex_ext.commands",
     "olmo_flex_ext.hf.commands",
+    "olmo_flex_ext.prune.commands",
+    "olmo_flex_ext.compose.commands",
+    "olmo_flex_ext.distill.commands",
 ]
 
 

@@ -46,6 +46,8 @@ class ExperimentConfig(OLMoExperimentConfig):
 
     A train config may leave ``model`` as ``None``: :func:`load_experiment` then takes the model
     config from the checkpoint the run starts from (the run folder's latest, else ``load_path``).
+    ``freeze_params`` (fnmatch patterns) are added to the model's ``freeze_params`` once the model
+    is known, so a config can freeze parts of a model it takes from a checkpoint.
     """
 
     model: Optional[TransformerConfig]
@@ -55,6 +57,7 @@ class ExperimentConfig(OLMoExperimentConfig):
     trainer: TrainerConfig
     init_seed: int = 12536
     load_path: Optional[str] = None
+    freeze_params: Optional[List[str]] = None
 
     def merge(self, dotlist: List[str], prefix: Optional[str] = None, strict: bool = True):
         """Apply ``--a.b.c=value`` overrides (values are YAML) and return a new config.
@@ -105,6 +108,10 @@ def load_experiment(path: str, overrides: Optional[List[str]] = None) -> Experim
                 f"the checkpoint's model has a vocabulary of {config.model.vocab_size} but the data "
                 f"of {path} uses {vocab} token ids; use a train config with matching data"
             )
+    extra = getattr(config, "freeze_params", None)
+    if extra:
+        config.model = config.model.copy()
+        config.model.freeze_params = list(dict.fromkeys((config.model.freeze_params or []) + extra))
     return config
 
 

@@ -123,14 +123,21 @@ def data_root(default: str) -> str:
     return os.environ.get(DATA_ROOT_ENV, default)
 
 
-def flex_math_7b(domain_width: int) -> ExperimentConfig:
-    """Flex-math-2x7B-1T with the math expert at ``domain_width``: the seed's 7B settings
-    (AdamW, lr 2e-4 with cosine decay, 12 x 4096 = 49,152 tokens per step, ~228M tokens)."""
+def flex_math_7b(
+    domain_width: int, *, extra_callbacks: Optional[Dict[str, Callback]] = None
+) -> ExperimentConfig:
+    """Flex-math-2x7B-1T with the math expert at ``domain_width``, distilled from the unpruned
+    model's top-128 store with the seed's settings: AdamW (no weight decay), lr 2e-4 with cosine
+    decay, 12 x 4096 = 49,152 tokens per step, ~228M tokens; only the math expert (expert 1) and
+    its router row train. Paths (overridable): initial weights ``load_path`` (the pruned model),
+    ``dataset.topk_store``, ``train_module.teacher_path``; all under ``$OLMO_FLEX_DATA_ROOT``."""
+    from .distill.recipe import with_distillation
     from .models import flex_olmo_2x7b
+    from .train.trainable import train_only_experts
 
     seq = 4096
     root = data_root("/data/olmo-flex")
-    return flex_experiment(
+    config = flex_experiment(
         model=flex_olmo_2x7b(domain_width),
         data_paths=[f"{root}/dolmino-math/*.npy"],
         tokenizer=TokenizerConfig.dolma2(),
@@ -145,4 +152,12 @@ def flex_math_7b(domain_width: int) -> ExperimentConfig:
         ephemeral_save_interval=100,
         wandb_project="olmo-flex",
         wandb_name=f"flex-math-{domain_width}",
+        load_path=f"{root}/checkpoints/flex-math-{domain_width}-pruned",
+        extra_callbacks=extra_callbacks,
     )
+    config = with_distillation(
+        config,
+        store=f"{root}/topk/flex-math-2x7b-top128",
+        teacher_path=f"{root}/checkpoints/Flex-math-2x7B-1T",
+    )
+    return train_only_experts(config, experts=[1], train_router=True)

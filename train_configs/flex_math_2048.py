@@ -1,14 +1,26 @@
-"""Flex-math-2x7B-1T with the math expert at width 2048 (public expert 11008).
+"""Flex-math-2x7B-1T with the math expert pruned 11008 -> 2048 (public expert 11008), then distilled.
+
+On a fresh run the pruning callback scores the teacher's neurons on math calibration data, prunes
+it to 2048 and trains from there; a resumed run just continues. Given --load_path (a checkpoint
+pruned offline with `olmo-flex prune`) the run starts from that instead and the callback does
+nothing.
 
     torchrun --nproc-per-node=4 -m olmo_flex_ext.launch train_configs/flex_math_2048.py \
-        --trainer.save_folder=/shared/runs/flex_math_2048 --dataset.paths='[/data/math/*.npy]'
+        --trainer.save_folder=/shared/runs/flex_math_2048 --dataset.paths='[/data/math/*.npy]' \
+        --trainer.callbacks.prune.teacher=/shared/ckpt/Flex-math-2x7B-1T \
+        --trainer.callbacks.prune.calibration='[/data/math/*.npy]' \
+        --dataset.topk_store=/data/topk/flex-math-2x7b-top128
 
 A step is 12 sequences of 4096 tokens (the reference recipe): run it on 4, 6 or 12 GPUs,
 or on 8 or more set --data_loader.global_batch_size to a multiple of 4096 x GPUs.
 """
 
+from olmo_flex_ext.prune.callback import flex_math_prune_callback
 from olmo_flex_ext.recipes import flex_math_7b
 
 
 def build_config():
-    return flex_math_7b(2048)
+    config = flex_math_7b(2048)
+    config.load_path = None  # the pruning callback makes the initial weights
+    config.trainer.callbacks["prune"] = flex_math_prune_callback()
+    return config

@@ -141,6 +141,13 @@ def _export_problems(config: TransformerConfig) -> List[str]:
         router = moe.router
         if router.gating_function != MoERouterGatingFunction.softmax or router.bias_gamma:
             problems.append(f"{where}: router is not a plain softmax router")
+        if moe.opt_out:
+            problems.append(
+                f"{where}: experts {moe.opt_out} are switched off (export the model without them: "
+                "olmo-flex opt-out --drop)"
+            )
+        if getattr(router, "expert_bias", False):
+            problems.append(f"{where}: router has an expert bias (transformers' FlexOlmo has none)")
         if router.uniform_expert_assignment or router.random_expert_assignment:
             problems.append(f"{where}: router assigns experts uniformly/randomly")
         if router.normalize_expert_weights not in (None, 1.0):

@@ -1,4 +1,4 @@
-"""Modules: the variable-width MoE (and, with the composition work, routers and opt-out)."""
+"""Modules: the variable-width MoE and its router (FlexOlmo expert bias, expert opt-out)."""
 
 from .moe import (
     ExpertProbe,
@@ -10,10 +10,13 @@ from .moe import (
     validate_widths,
     variable_moe_config,
 )
+from .router import FlexRouter, FlexRouterConfig
 
 __all__ = [
     "ExpertProbe",
     "ExpertRouting",
+    "FlexRouter",
+    "FlexRouterConfig",
     "VariableExperts",
     "VariableMoE",
     "VariableMoEConfig",

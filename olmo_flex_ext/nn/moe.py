@@ -8,7 +8,12 @@ first), and computes the experts in plain torch so it runs on CPU and CUDA alike
 - every token visits every expert (``top_k == num_experts``, FlexOlmo 2x7B): the layer is one
   SwiGLU MLP over the concatenated width whose activations are scaled by the router probability of
   the expert they belong to, i.e. three dense matmuls and no per-token dispatch;
-- otherwise tokens are grouped by expert and each expert runs on its own tokens only.
+- otherwise tokens are sorted by expert once and each expert runs on its contiguous block of
+  tokens only (:meth:`VariableMoEMLP.forward_routed`).
+
+Experts can be switched off (``VariableMoEConfig.opt_out``, or :meth:`VariableMoE.set_opt_out` on a
+built model): routing then runs over the remaining experts with ``top_k = min(top_k, remaining)``
+(see :mod:`olmo_flex_ext.nn.router`), which is exactly the model without those experts.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from olmo_core.nn.moe import MoEBase, MoEConfig
 from olmo_core.nn.moe.mlp import MoEMLPBase
 from olmo_core.nn.moe.parallel_mlp import ParallelMLPBase
 from olmo_core.nn.moe.router import MoERouterConfig
+
+from .router import FlexRouter, FlexRouterConfig, active_experts
 
 __all__ = [
     "VariableMoEConfig",
@@ -68,13 +75,16 @@ class VariableMoEConfig(MoEConfig):
     """An :class:`~olmo_core.nn.moe.MoEConfig` with one MLP width per expert.
 
     ``hidden_size`` is ignored (kept for compatibility with OLMo-core's config); ``num_experts``
-    must equal ``len(expert_widths)``.
+    must equal ``len(expert_widths)``. ``opt_out`` lists experts switched off at run time (the
+    weights stay; routing skips them, so the layer equals the layer without those experts).
     """
 
     expert_widths: List[int] = field(default_factory=list)
+    opt_out: Optional[List[int]] = None
 
     def __post_init__(self):
         validate_widths(self.expert_widths, self.num_experts, self.router.top_k)
+        active_experts(self.num_experts, self.opt_out)
         self.hidden_size = max(self.expert_widths)
 
     @property
@@ -85,8 +95,9 @@ class VariableMoEConfig(MoEConfig):
         return self.router.num_params(d_model, self.num_experts) + 3 * d_model * self.total_width
 
     def num_active_params(self, d_model: int) -> int:
-        """Parameters a token can touch: the router plus the ``top_k`` widest experts."""
-        widest = sorted(self.expert_widths, reverse=True)[: self.router.top_k]
+        """Parameters a token can touch: the router plus the ``top_k`` widest (switched-on) experts."""
+        on = [self.expert_widths[e] for e in active_experts(self.num_experts, self.opt_out)]
+        widest = sorted(on, reverse=True)[: self.router.top_k]
         return self.router.num_params(d_model, self.num_experts) + 3 * d_model * sum(widest)
 
     def build(
@@ -98,6 +109,7 @@ class VariableMoEConfig(MoEConfig):
         cache: Optional[BufferCache] = None,
     ) -> "VariableMoE":
         validate_widths(self.expert_widths, self.num_experts, self.router.top_k)
+        active_experts(self.num_experts, self.opt_out)
         if self.shared_mlp is not None or self.latent_moe is not None:
             raise OLMoConfigurationError(
                 "VariableMoEConfig supports neither shared_mlp nor latent_moe; set both to None"
@@ -107,7 +119,8 @@ class VariableMoEConfig(MoEConfig):
             num_experts=self.num_experts,
             hidden_size=max(self.expert_widths),
             expert_widths=list(self.expert_widths),
-            router=self.router,
+            opt_out=list(self.opt_out or []),
+            router=FlexRouterConfig.from_router_config(self.router),
             init_device=init_device,
             lb_loss_weight=self.lb_loss_weight,
             lb_loss_granularity=self.lb_loss_granularity,
@@ -211,11 +224,20 @@ class VariableMoEMLP(MoEMLPBase):
     def _probing(self) -> bool:
         return bool(self.probe._forward_hooks or self.probe._forward_pre_hooks)
 
+    def expert_rows(self, experts: Sequence[int]) -> torch.Tensor:
+        """Row indices of ``w1/w2/w3`` that belong to ``experts``, in that order."""
+        return torch.cat([torch.arange(self.offsets[e], self.offsets[e + 1]) for e in experts])
+
     def forward_dense(
-        self, x: torch.Tensor, probs: torch.Tensor, batch_shape: Optional[torch.Size] = None
+        self,
+        x: torch.Tensor,
+        probs: torch.Tensor,
+        experts: Optional[Sequence[int]] = None,
+        batch_shape: Optional[torch.Size] = None,
     ) -> torch.Tensor:
-        """All experts on all tokens. ``x``: ``(N, d_model)``, ``probs``: ``(N, num_experts)``;
-        ``batch_shape`` is the leading shape of the layer input (reported to probes).
+        """All ``experts`` (default: all) on all tokens. ``x``: ``(N, d_model)``, ``probs``:
+        ``(N, len(experts))``, the router probability of each of those experts; ``batch_shape``
+        is the leading shape of the layer input (reported to probes).
 
         The up-projections are two matmuls over the concatenated width; the down-projection runs
         per expert on a view of its activation columns, and the router probability scales that
@@ -223,18 +245,22 @@ class VariableMoEMLP(MoEMLPBase):
         widths)`` activations keeps the extra elementwise work (forward and backward) small.
         """
         w1, w2, w3 = (get_local_tensor(w) for w in (self.w1, self.w2, self.w3))
+        experts = list(range(self.num_experts)) if experts is None else list(experts)
+        if len(experts) < self.num_experts:  # some switched off: their rows leave the matmuls
+            rows = self.expert_rows(experts).to(w1.device)
+            w1, w2, w3 = (w.index_select(0, rows) for w in (w1, w2, w3))
+        widths = [self.expert_widths[e] for e in experts]
         x = x.type_as(w1)
         act = F.silu(x @ w1.t()) * (x @ w3.t())
-        acts = act.split(self.expert_widths, dim=1)
+        acts = act.split(widths, dim=1)
         if self._probing():
-            for e in range(self.num_experts):
-                routing = ExpertRouting(e, None, probs[:, e], batch_shape or x.shape[:-1])
-                self.probe(acts[e], routing)
+            for i, (e, a) in enumerate(zip(experts, acts)):
+                self.probe(a, ExpertRouting(e, None, probs[:, i], batch_shape or x.shape[:-1]))
         probs = probs.to(act.dtype)
         out: Optional[torch.Tensor] = None
-        for e, w2_e in enumerate(w2.split(self.expert_widths, dim=0)):
-            p_e = probs[:, e : e + 1]
-            y_e = acts[e] @ w2_e
+        for i, w2_e in enumerate(w2.split(widths, dim=0)):
+            p_e = probs[:, i : i + 1]
+            y_e = acts[i] @ w2_e
             out = y_e * p_e if out is None else torch.addcmul(out, y_e, p_e)
         assert out is not None
         return out
@@ -246,36 +272,75 @@ class VariableMoEMLP(MoEMLPBase):
         expert_indices: torch.Tensor,
         batch_shape: Optional[torch.Size] = None,
     ) -> torch.Tensor:
-        """Each expert on the tokens routed to it. ``expert_*``: ``(N, top_k)``."""
+        """Each expert on the tokens routed to it. ``expert_*``: ``(N, top_k)``, expert ids;
+        ``batch_shape`` is the leading shape of the layer input (reported to probes).
+
+        The (token, slot) pairs are sorted by expert once, so one gather gives every expert a
+        contiguous block of its tokens and each expert is three plain matmuls on that block. The
+        outputs are put back in (token, slot) order with one more gather and summed over the slots
+        in slot order, so no scatter-add is needed and the result does not depend on expert ids.
+        """
         w1, w2, w3 = (get_local_tensor(w) for w in (self.w1, self.w2, self.w3))
         x = x.type_as(w1)
-        top_k = expert_indices.shape[-1]
-        flat_experts = expert_indices.reshape(-1)
-        order = torch.argsort(flat_experts, stable=True)
-        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
-        tokens_sorted = order // top_k
-        weights_sorted = expert_weights.reshape(-1)[order]
-        out = torch.zeros_like(x)
+        n, top_k = expert_indices.shape
+        flat = expert_indices.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        tokens = order.div(top_k, rounding_mode="floor")
+        x_sorted = x.index_select(0, tokens)
+        p_sorted = expert_weights.reshape(-1).index_select(0, order)
+        w_sorted = p_sorted.to(x.dtype).unsqueeze(-1)
+        probing = self._probing()
+        outs = []
+        # split() views the weights per expert with one backward node (a single cat of the
+        # gradients), where slicing per expert would add a full-size zero tensor per expert.
+        blocks = zip(
+            w1.split(self.expert_widths),
+            w2.split(self.expert_widths),
+            w3.split(self.expert_widths),
+            x_sorted.split(counts),
+            w_sorted.split(counts),
+        )
         start = 0
-        for e, count in enumerate(counts):
+        for e, (w1e, w2e, w3e, xe, we) in enumerate(blocks):
+            count = counts[e]
             if count == 0:
                 continue
-            tokens = tokens_sorted[start : start + count]
-            weights = weights_sorted[start : start + count]
+            act = F.silu(F.linear(xe, w1e)) * F.linear(xe, w3e)
+            if probing:
+                end = start + count
+                routing = ExpertRouting(
+                    e, tokens[start:end], p_sorted[start:end], batch_shape or x.shape[:-1]
+                )
+                self.probe(act, routing)
             start += count
-            s = self.expert_slice(e)
-            xe = x.index_select(0, tokens)
-            act = F.silu(xe @ w1[s].t()) * (xe @ w3[s].t())
-            if self._probing():
-                self.probe(act, ExpertRouting(e, tokens, weights, batch_shape or x.shape[:-1]))
-            out.index_add_(0, tokens, (act @ w2[s]) * weights.unsqueeze(-1).to(act.dtype))
-        return out
+            outs.append((act @ w2e) * we)
+        if not outs:  # no tokens
+            return x.new_zeros(x.shape)
+        out_sorted = torch.cat(outs) if len(outs) > 1 else outs[0]
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return out_sorted.index_select(0, inverse).view(n, top_k, -1).sum(dim=1)
 
 
 class VariableExperts(ParallelMLPBase):
-    """Dispatches routed tokens to :class:`VariableMoEMLP` (no expert parallelism)."""
+    """Dispatches routed tokens to :class:`VariableMoEMLP` (no expert parallelism).
+
+    The router's expert indices count the switched-on experts (all experts unless some opted out);
+    :meth:`set_active_experts` tells this module which expert ids they are.
+    """
 
     mlp: VariableMoEMLP
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.active_experts: List[int] = list(range(self.mlp.num_experts))
+        self._active_index: Optional[torch.Tensor] = None
+
+    def set_active_experts(self, experts: Sequence[int]) -> None:
+        self.active_experts = list(experts)
+        all_on = len(self.active_experts) == self.mlp.num_experts
+        self._active_index = None if all_on else torch.tensor(self.active_experts)
 
     def forward(  # type: ignore[override]
         self,
@@ -290,13 +355,16 @@ class VariableExperts(ParallelMLPBase):
         top_k = expert_indices.shape[-1]
         weights = expert_weights.reshape(-1, top_k)
         indices = expert_indices.reshape(-1, top_k)
-        if top_k == self.num_experts:
-            probs = torch.zeros(
-                x2.shape[0], self.num_experts, device=x.device, dtype=weights.dtype
-            ).scatter(1, indices, weights)
-            out = self.mlp.forward_dense(x2, probs, shape[:-1])
+        active = len(self.active_experts)
+        if top_k == active:
+            probs = torch.zeros(x2.shape[0], active, device=x.device, dtype=weights.dtype)
+            probs = probs.scatter(1, indices, weights)
+            experts = None if self._active_index is None else self.active_experts
+            out = self.mlp.forward_dense(x2, probs, experts, batch_shape=shape[:-1])
         else:
-            out = self.mlp.forward_routed(x2, weights, indices, shape[:-1])
+            if self._active_index is not None:
+                indices = self._active_index.to(indices.device)[indices]
+            out = self.mlp.forward_routed(x2, weights, indices, batch_shape=shape[:-1])
         return out.reshape(shape).to(x.dtype)
 
 
@@ -304,6 +372,14 @@ class VariableMoE(MoEBase):
     """OLMo-core MoE layer (stock router and losses) over experts of different widths."""
 
     experts: VariableExperts
+    router: FlexRouter
+
+    def __init__(
+        self, *, router: MoERouterConfig, opt_out: Optional[Sequence[int]] = None, **kwargs
+    ):
+        super().__init__(router=FlexRouterConfig.from_router_config(router), **kwargs)
+        if opt_out:
+            self.set_opt_out(opt_out)
 
     def _init_parallel_mlp(  # type: ignore[override]
         self,
@@ -329,3 +405,14 @@ class VariableMoE(MoEBase):
     @property
     def expert_widths(self) -> List[int]:
         return list(self.experts.mlp.expert_widths)
+
+    @property
+    def opt_out(self) -> List[int]:
+        """Experts currently switched off."""
+        return self.router.opt_out
+
+    def set_opt_out(self, experts: Sequence[int]) -> None:
+        """Switch off ``experts`` (ids; empty switches all back on): the layer then computes
+        exactly what it would without those experts, with ``top_k = min(top_k, remaining)``."""
+        self.router.set_opt_out(experts)
+        self.experts.set_active_experts(self.router.active_experts)

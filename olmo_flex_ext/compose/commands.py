@@ -1,0 +1,132 @@
+"""Commands: ``merge``, ``opt-out``, ``domain-embed``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Dict, List
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="merge 2-expert checkpoints (public + domain expert) into one MoE",
+        description="Merge checkpoints grown from the same public model, each with one domain "
+        "expert of any width, into one model: public expert first, then each input's domain "
+        "expert in the order given. Refuses (naming the tensor) if shared weights differ.",
+    )
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    p.add_argument("--top-k", type=int, required=True, help="experts per token in the merged model")
+    p.add_argument("--out", required=True, help="output model-only checkpoint directory")
+    p.add_argument(
+        "--router-from",
+        nargs="+",
+        metavar="EMB",
+        help="domain embeddings files (olmo-flex domain-embed) for the router rows: one per "
+        "expert (public first) or one per input",
+    )
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_merge)
+
+    p = sub.add_parser(
+        "opt-out",
+        help="switch experts off (same function as the model without them)",
+        description="Write CKPT with experts switched off. By default the weights are copied and "
+        "the config records the opt-out (reversible with --experts none); --drop removes them.",
+    )
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--experts", required=True, help="expert ids, e.g. 2 or 1,3; 'none' for all on")
+    p.add_argument("--out", required=True, help="output model-only checkpoint directory")
+    p.add_argument("--drop", action="store_true", help="remove the experts' weights")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_opt_out)
+
+    p = sub.add_parser(
+        "domain-embed",
+        help="per-domain mean router inputs, for a domain-informed router",
+        description="For each domain (token files), the mean over tokens of every MoE layer's "
+        "input under CKPT's model; merge --router-from uses them as router rows.",
+    )
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="[NAME=]GLOB",
+        help="token files of one domain; repeat for several domains (in expert order)",
+    )
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--num-seqs", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", choices=["uint16", "uint32"], help="token dtype (default from vocab)")
+    p.add_argument("--normalize", action="store_true", help="scale each vector to unit L2 norm")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_domain_embed)
+
+
+def _merge(args) -> int:
+    from .merge import merge_experts
+
+    out = merge_experts(
+        args.checkpoints,
+        args.out,
+        top_k=args.top_k,
+        router_from=args.router_from,
+        overwrite=args.overwrite,
+    )
+    print(f"merged {len(args.checkpoints)} experts -> {out}")
+    return 0
+
+
+def _parse_experts(text: str) -> List[int]:
+    from ..errors import UserError
+
+    if text.strip().lower() in ("none", ""):
+        return []
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--experts {text!r}: give expert ids separated by commas, e.g. 2 or 1,3") from None
+
+
+def _opt_out(args) -> int:
+    from .optout import write_opt_out
+
+    experts = _parse_experts(args.experts)
+    out = write_opt_out(args.checkpoint, args.out, experts, drop=args.drop, overwrite=args.overwrite)
+    verb = "dropped" if args.drop else "switched off"
+    print(f"experts {experts or 'none'} {verb} -> {out}")
+    return 0
+
+
+def _domains(specs: List[str]) -> Dict[str, str]:
+    from ..errors import UserError
+
+    out: Dict[str, str] = {}
+    for i, spec in enumerate(specs):
+        name, sep, glob = spec.partition("=")
+        if not sep:
+            name, glob = f"domain{i}", spec
+        if name in out:
+            raise UserError(f"domain name {name!r} is given twice in --data")
+        out[name] = glob
+    return out
+
+
+def _domain_embed(args) -> int:
+    from ..checkpoint import check_output
+    from .embeddings import compute_domain_embeddings, save_domain_embeddings
+
+    check_output(args.out, args.overwrite)  # before the long pass
+    emb = compute_domain_embeddings(
+        args.checkpoint,
+        _domains(args.data),
+        seq_len=args.seq_len,
+        num_seqs=args.num_seqs,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        normalize=args.normalize,
+    )
+    out = save_domain_embeddings(args.out, emb, overwrite=args.overwrite)
+    print(f"{len(emb)} domain embeddings ({', '.join(emb.names)}) -> {out}")
+    return 0

@@ -1,0 +1,227 @@
+"""Domain embeddings for a domain-informed router.
+
+FlexOlmo initialises each expert's router row from the mean embedding of that expert's domain
+documents. By default the embedding here is the model's own: for every layer, the mean over all
+token positions of the MoE layer's input (the hidden state the router reads) on the domain's token
+files, so layer ``i``'s router row for a domain is that domain's mean router input at layer ``i``.
+Vectors from any external embedder can be stored with :func:`save_domain_embeddings` (one vector
+for all layers, of the model's width).
+
+File format: one safetensors file; tensor ``<name>`` is float32 ``(n_layers, d_model)`` or
+``(1, d_model)`` (one vector for every layer); metadata ``names`` (JSON list, the order experts
+take them in) and provenance (``method``, ``checkpoint``, ``data``, ``tokens``, ``normalize``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+from olmo_core.nn.transformer import Transformer
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+from ._progress import progress_bar
+
+__all__ = [
+    "DomainEmbeddings",
+    "mean_router_inputs",
+    "compute_domain_embeddings",
+    "save_domain_embeddings",
+    "load_domain_embeddings",
+]
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class DomainEmbeddings:
+    """Named domain vectors, each ``(n_layers, d_model)`` or ``(1, d_model)``, in order."""
+
+    names: List[str]
+    vectors: List[torch.Tensor]
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def row(self, k: int, layer: int) -> torch.Tensor:
+        """Domain ``k``'s vector for ``layer`` (shared vectors serve every layer)."""
+        v = self.vectors[k]
+        return v[0] if v.shape[0] == 1 else v[layer]
+
+    def check(self, n_layers: int, d_model: int, source: str = "domain embeddings") -> None:
+        for name, v in zip(self.names, self.vectors):
+            if v.ndim != 2 or v.shape[1] != d_model or v.shape[0] not in (1, n_layers):
+                raise UserError(
+                    f"{source}: embedding {name!r} has shape {tuple(v.shape)} but the model needs "
+                    f"({n_layers}, {d_model}) or (1, {d_model}) (d_model={d_model}); compute it "
+                    "with `olmo-flex domain-embed` on a checkpoint of this model"
+                )
+
+
+def mean_router_inputs(
+    model: Transformer,
+    batches: Sequence[torch.Tensor],
+    *,
+    progress: bool = True,
+    description: str = "domain embedding",
+) -> torch.Tensor:
+    """Per layer, the mean over all positions of the MoE layer's input (``(n_layers, d_model)``,
+    float32) while ``model`` reads ``batches`` of token ids (each ``(batch, seq_len)``)."""
+    blocks = list(model.blocks.values())
+    d_model = model.d_model
+    sums = torch.zeros(len(blocks), d_model, dtype=torch.float64)
+    count = 0
+    handles = []
+    for i, block in enumerate(blocks):
+        moe = getattr(block, "feed_forward_moe", None)
+        if moe is None:
+            raise UserError(f"layer {i} of the model has no MoE, so it has no router to embed for")
+
+        def hook(module, args, _i=i):
+            sums[_i] += args[0].detach().reshape(-1, d_model).sum(0, dtype=torch.float64).cpu()
+
+        handles.append(moe.register_forward_pre_hook(hook))
+    try:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        with torch.no_grad(), progress_bar(progress, transient=True) as bar:
+            task = bar.add_task(description, total=len(batches))
+            for ids in batches:
+                model(ids.to(device))
+                count += ids.numel()
+                bar.advance(task)
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    if count == 0:
+        raise UserError("no tokens to embed: give at least one sequence")
+    return (sums / count).float()
+
+
+def compute_domain_embeddings(
+    checkpoint: PathLike,
+    data: Mapping[str, Union[str, Sequence[str]]],
+    *,
+    seq_len: int,
+    num_seqs: int,
+    batch_size: int = 8,
+    dtype: Optional[str] = None,
+    normalize: bool = False,
+    progress: bool = True,
+) -> DomainEmbeddings:
+    """Mean router inputs of ``checkpoint``'s model for each domain in ``data`` (name -> globs of
+    OLMo-core token files), over ``num_seqs`` windows of ``seq_len`` tokens spread over the data.
+    With ``normalize`` each layer's vector is scaled to unit L2 norm."""
+    import numpy as np
+
+    from ..checkpoint import load_model, read_model_config, resolve_checkpoint
+    from ..data.tokens import TokenFiles, token_dtype
+
+    vocab = read_model_config(checkpoint).vocab_size
+    domains = {}  # read the data first: a bad path fails before a big model loads
+    for name, globs in data.items():
+        files = TokenFiles(globs, token_dtype(vocab, dtype))
+        rows = np.stack([files.read(w) for w in files.sample_windows(seq_len, num_seqs)])
+        if rows.max() >= vocab:
+            raise UserError(
+                f"domain {name!r}: token id {int(rows.max())} is outside the model's vocabulary "
+                f"({vocab}); is --dtype right and is the data tokenized for this model?"
+            )
+        domains[name] = (files, torch.from_numpy(rows.astype(np.int64)))
+    model = load_model(checkpoint)
+    names, vectors, data_info, tokens_info = [], [], [], []
+    for name, (files, ids) in domains.items():
+        batches = list(ids.split(batch_size))
+        v = mean_router_inputs(model, batches, progress=progress, description=f"embedding {name}")
+        if normalize:
+            v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        names.append(name)
+        vectors.append(v)
+        data_info.append({"name": name, "paths": files.paths, "fingerprint": files.fingerprint()})
+        tokens_info.append(int(ids.numel()))
+    info = {
+        "method": "mean router input (MoE layer input) per layer",
+        "checkpoint": str(resolve_checkpoint(checkpoint)),
+        "data": data_info,
+        "tokens": tokens_info,
+        "seq_len": seq_len,
+        "normalize": normalize,
+    }
+    return DomainEmbeddings(names, vectors, info)
+
+
+def save_domain_embeddings(
+    path: PathLike,
+    embeddings: Union[DomainEmbeddings, Mapping[str, torch.Tensor]],
+    *,
+    info: Optional[Dict[str, Any]] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write domain embeddings atomically. ``embeddings`` may be a name -> vector mapping from any
+    embedder: a vector ``(d_model,)`` or ``(1, d_model)`` serves every layer, ``(n_layers,
+    d_model)`` gives one per layer."""
+    if not isinstance(embeddings, DomainEmbeddings):
+        embeddings = DomainEmbeddings(
+            list(embeddings),
+            [torch.as_tensor(v).float().reshape(-1, torch.as_tensor(v).shape[-1]) for v in embeddings.values()],
+            dict(info or {"method": "external"}),
+        )
+    elif info:
+        embeddings.info.update(info)
+    if not embeddings.names:
+        raise UserError("no domain embeddings to save")
+    if len(set(embeddings.names)) != len(embeddings.names):
+        raise UserError(f"domain names must be distinct, got {embeddings.names}")
+    from ..checkpoint import check_output
+
+    out = Path(path)
+    check_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {n: v.float().contiguous() for n, v in zip(embeddings.names, embeddings.vectors)}
+    metadata = {"names": json.dumps(embeddings.names)}
+    metadata.update({k: json.dumps(v) for k, v in embeddings.info.items()})
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return out
+
+
+def load_domain_embeddings(paths: Union[PathLike, Sequence[PathLike]]) -> DomainEmbeddings:
+    """Domain embeddings from one or more files, concatenated in the order given."""
+    from safetensors import safe_open
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    names: List[str] = []
+    vectors: List[torch.Tensor] = []
+    infos = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise UserError(f"domain embeddings file {p} does not exist")
+        try:
+            with safe_open(str(p), "pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(p))
+            order = json.loads(meta["names"])
+        except Exception as e:  # not safetensors, or not written by save_domain_embeddings
+            raise UserError(
+                f"{p} is not a domain embeddings file ({e}); make one with `olmo-flex domain-embed`"
+            ) from None
+        names += order
+        vectors += [tensors[n] for n in order]
+        infos.append({"path": str(p), **{k: json.loads(v) for k, v in meta.items() if k != "names"}})
+    return DomainEmbeddings(names, vectors, {"sources": infos})

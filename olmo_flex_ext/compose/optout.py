@@ -1,0 +1,132 @@
+"""Opt-out: switch experts off at inference, exactly as if they had never been merged in.
+
+Three ways, all the same function:
+
+- on a built model: :func:`opt_out` (``opt_out(model, [2])``; ``opt_out(model, [])`` switches all
+  back on), no reload;
+- in a config: ``VariableMoEConfig.opt_out`` (:func:`~olmo_flex_ext.compose.configs.with_opt_out`
+  sets it on every layer; a train/eval config can use ``--model.block.feed_forward_moe.opt_out=[2]``
+  when all layers share one block config);
+- as a checkpoint: :func:`write_opt_out` (``olmo-flex opt-out CKPT --experts 2 --out DST``) copies
+  the weights and sets the config; with ``drop=True`` (``--drop``) it removes the experts' weights
+  instead, giving a smaller model with ``top_k = min(top_k, remaining)``.
+
+With ``N`` experts and ``top_k = K``, switching off expert ``j`` routes each token over the other
+``N - 1`` experts with ``top_k = min(K, N - 1)``: the router's softmax and top-k run over the
+remaining experts only. (Masking logits alone is not enough when ``K == N``: the model without
+expert ``j`` sends every token to all ``N - 1`` experts.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import torch
+from olmo_core.nn.transformer import Transformer, TransformerConfig
+
+from ..checkpoint import (
+    LazyTensor,
+    check_output,
+    lazy_state,
+    read_model_config,
+    resolve_checkpoint,
+    save_model,
+    tensor_meta,
+)
+from ..errors import UserError
+from ..models import expert_widths_per_layer, with_expert_widths
+from ..nn.moe import VariableMoE
+from ..nn.router import active_experts
+from .configs import map_moe_configs, moe_configs, with_opt_out
+from .merge import expert_rows, load_tensor, moe_param, param_names
+
+__all__ = ["opt_out", "write_opt_out", "without_experts"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def opt_out(model: Transformer, experts: Sequence[int]) -> Transformer:
+    """Switch off ``experts`` (ids, same in every layer) in a built model, in place; an empty list
+    switches every expert back on. Returns ``model``."""
+    layers = [m for m in model.modules() if isinstance(m, VariableMoE)]
+    if not layers:
+        raise UserError("the model has no variable-width MoE layers, so no experts to switch off")
+    for layer in layers:
+        layer.set_opt_out(list(experts))
+    return model
+
+
+def without_experts(config: TransformerConfig, experts: Sequence[int]) -> TransformerConfig:
+    """The config of the model with ``experts`` removed: widths without them, ``top_k =
+    min(top_k, remaining)``, no opt-out."""
+    num = moe_configs(config)[0].num_experts
+    keep = active_experts(num, experts)
+    if 0 in experts and any(getattr(m.router, "expert_bias", False) for m in moe_configs(config)):
+        raise UserError(
+            "cannot drop the public expert 0 of a router with an expert bias (the bias is defined "
+            "relative to it); switch it off with opt-out instead of --drop"
+        )
+    widths = [[w[e] for e in keep] for w in expert_widths_per_layer(config)]
+
+    def fix(moe):
+        moe.router.top_k = min(moe.router.top_k, len(keep))
+        moe.opt_out = None
+        return moe
+
+    return with_expert_widths(map_moe_configs(config, fix), widths)
+
+
+def _dropped_tensor(src: Path, name: str, widths: List[List[int]], keep: List[int], d_model: int):
+    t = load_tensor(src, name)
+    kind = moe_param(name)
+    if kind is None:
+        return t
+    layer, what = kind
+    if what == "router":
+        return t.view(-1, d_model).index_select(0, torch.tensor(keep)).reshape(-1)
+    if what == "bias":  # entries for domain experts 1..N-1
+        return t.index_select(0, torch.tensor([e - 1 for e in keep if e > 0]))
+    return t.index_select(0, expert_rows(widths[layer], keep))
+
+
+def write_opt_out(
+    src: PathLike,
+    out: PathLike,
+    experts: Optional[Sequence[int]],
+    *,
+    drop: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``src`` with ``experts`` switched off to ``out`` (model-only checkpoint).
+
+    Without ``drop`` the weights are copied bit for bit and the config gets ``opt_out`` (run it
+    again with ``experts=[]`` to switch them back on). With ``drop`` the experts' rows are removed.
+    """
+    src_path = resolve_checkpoint(src)
+    check_output(out, overwrite)
+    if Path(out).resolve() == src_path.resolve():
+        raise UserError(f"output {out} is the input checkpoint; write to another path")
+    config = read_model_config(src_path)
+    experts = sorted(int(e) for e in experts or [])
+    if drop and not experts:
+        raise UserError("--drop needs at least one expert to remove (--experts 2)")
+    new_config = without_experts(config, experts) if drop else with_opt_out(config, experts)
+    if drop:
+        specs = tensor_meta(src_path)
+        out_model = new_config.build(init_device="meta").state_dict()
+        widths = expert_widths_per_layer(config)
+        keep = active_experts(len(widths[0]), experts)
+
+        def dropped(name: str) -> LazyTensor:
+            def load() -> torch.Tensor:
+                return _dropped_tensor(src_path, name, widths, keep, config.d_model)
+
+            return LazyTensor(tuple(out_model[name].shape), specs[name][1], load)
+
+        state = {name: dropped(name) for name in param_names(config)}
+    else:
+        state = lazy_state(src_path)  # weights copied as they are
+    info = {"opt_out": {"source": str(src_path), "experts": experts, "drop": drop}}
+    return save_model(out, new_config, state, overwrite=overwrite, info=info)

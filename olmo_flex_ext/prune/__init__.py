@@ -1,0 +1,43 @@
+"""Importance analysis, width allocation, weight slicing and the pruning callback.
+
+- :mod:`.importance`: per-neuron expert importance on calibration data (forward hooks on the
+  experts' probes; CPU or many ranks; resumable).
+- :mod:`.scores`: the scores file (safetensors) and the model fingerprint that guards it.
+- :mod:`.allocate`: uniform or importance-allocated widths; which neurons to keep.
+- :mod:`.slicing`: cutting the expert weights, in memory or streaming a checkpoint.
+- :mod:`.callback`: :class:`PruneCallback` for train configs.
+- :mod:`.commands`: ``olmo-flex importance | compare-scores | allocate | prune``.
+
+Names are imported lazily so that ``olmo-flex --help`` does not load torch.
+"""
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "METHODS": "importance",
+    "ImportanceAccumulator": "importance",
+    "compute_importance": "importance",
+    "load_teacher": "importance",
+    "ImportanceScores": "scores",
+    "checkpoint_fingerprint": "scores",
+    "module_fingerprint": "scores",
+    "topk_overlap": "scores",
+    "allocate_widths": "allocate",
+    "keep_indices": "allocate",
+    "top_neurons": "allocate",
+    "uniform_widths": "allocate",
+    "prune_checkpoint": "slicing",
+    "prune_model": "slicing",
+    "prune_state_dict": "slicing",
+    "slice_expert_rows": "slicing",
+    "PruneCallback": "callback",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

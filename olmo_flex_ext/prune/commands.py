@@ -1,0 +1,354 @@
+"""Commands ``olmo-flex importance``, ``compare-scores``, ``allocate`` and ``prune``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+from ..errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "importance",
+        help="score every expert neuron on calibration data (Minitron activation importance)",
+        description="Score every expert neuron of a checkpoint on calibration token files and write "
+        "a safetensors scores file. Runs on many ranks with torchrun -m olmo_flex_ext.cli; an "
+        "interrupted run continues when started again with the same arguments.",
+    )
+    p.add_argument("checkpoint", help="model-only checkpoint, trainer stepN/ or run folder")
+    p.add_argument("--data", required=True, action="append", help="token file glob (repeatable)")
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--num-seqs", type=int, required=True)
+    p.add_argument("--out", required=True, help="scores file to write (.safetensors)")
+    p.add_argument("--method", default="minitron", help="minitron (default) or minitron-weighted")
+    p.add_argument("--batch-size", type=int, default=1, help="sequences per forward on each rank")
+    p.add_argument("--dtype", choices=["uint16", "uint32"], help="token dtype (default from vocab)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--model-dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--save-every", type=int, default=64, help="sequences between partial saves")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_importance)
+
+    p = sub.add_parser(
+        "compare-scores",
+        help="how much the top-W neurons of two scores files differ, per layer and expert",
+    )
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--width", type=int, required=True, help="compare the top-W sets")
+    p.add_argument("--plot", help="also write a PNG plot here")
+    p.add_argument("--json", dest="json_out", help="also write the table as JSON here")
+    p.set_defaults(run=_compare)
+
+    p = sub.add_parser(
+        "allocate",
+        help="choose widths per layer and expert from importance under a parameter budget",
+    )
+    p.add_argument("scores")
+    _budget_args(p, required=True)
+    p.add_argument("--out", help="write the widths as JSON (usable with prune --widths-file)")
+    p.set_defaults(run=_allocate)
+
+    p = sub.add_parser(
+        "prune",
+        help="write a checkpoint whose experts keep their most important neurons",
+        description="Prune expert MLPs to uniform widths (--widths) or importance-allocated ones "
+        "(--budget / --budget-width), streaming tensor by tensor into a model-only checkpoint.",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("--scores", required=True)
+    p.add_argument("--widths", help="one width per expert for every layer, e.g. 11008,5504")
+    p.add_argument("--widths-file", help="JSON widths per layer (from olmo-flex allocate --out)")
+    _budget_args(p, required=False)
+    p.add_argument("--prune-public", action="store_true", help="allow shrinking expert 0")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_prune)
+
+
+def _budget_args(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--budget", help="parameters for the pruned experts' MLPs together, e.g. 2.2B")
+    g.add_argument("--budget-width", type=int, help="as many parameters as this uniform width")
+    p.add_argument("--experts", help="experts to prune, e.g. 1 or 1,2 (default: all but 0)")
+    p.add_argument("--multiple", type=int, default=128, help="widths are multiples of this")
+    p.add_argument("--min-width", type=int, help="smallest width per layer (default --multiple)")
+    p.add_argument("--normalize", choices=["layer", "none"], default="layer")
+
+
+def check_output(out: str, overwrite: bool) -> None:
+    from ..checkpoint import check_output as check
+
+    check(out, overwrite)
+
+
+def _ints(text: str, what: str) -> List[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{what} {text!r} must be comma-separated integers, e.g. 11008,5504") from None
+
+
+# ---- importance ---------------------------------------------------------------------------------
+
+
+def _importance(args) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from ..checkpoint import read_model_config, resolve_checkpoint
+    from ..data.tokens import TokenFiles, token_dtype
+    from ..experiment import distributed_backend, world_size
+    from .importance import METHODS, compute_importance, load_teacher
+
+    check_output(args.out, args.overwrite)
+    if args.method not in METHODS:
+        raise UserError(f"unknown method {args.method!r}; use one of {', '.join(METHODS)}")
+    if args.seq_len <= 0 or args.num_seqs <= 0 or args.batch_size <= 0:
+        raise UserError("--seq-len, --num-seqs and --batch-size must be positive")
+    ckpt = resolve_checkpoint(args.checkpoint)
+    vocab = read_model_config(ckpt).vocab_size
+    data = TokenFiles(args.data, token_dtype(vocab, args.dtype))
+    if data.num_tokens and data.max_token() >= vocab:
+        raise UserError(
+            f"the token files hold ids up to {data.max_token()} but the model's vocabulary has "
+            f"{vocab}; is --dtype right, or are these files from another tokenizer?"
+        )
+    data.sample_windows(args.seq_len, args.num_seqs)  # refuses too little data before any work
+
+    started = False
+    if world_size() > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=distributed_backend())
+        started = True
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    try:
+        model = load_teacher(ckpt, device, getattr(torch, args.model_dtype))
+        out = Path(args.out)
+        scores = compute_importance(
+            model,
+            data,
+            seq_len=args.seq_len,
+            num_seqs=args.num_seqs,
+            method=args.method,
+            batch_size=args.batch_size,
+            state_path=out.with_name(f".{out.name}.partial.pt"),
+            save_every=args.save_every,
+            source=str(ckpt),
+        )
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            scores.save(out)
+            print(f"wrote {out}: {args.method} scores of {len(scores.scores)} layers, "
+                  f"{args.num_seqs} x {args.seq_len} calibration tokens")
+    finally:
+        if started:
+            dist.destroy_process_group()
+    return 0
+
+
+# ---- compare-scores -----------------------------------------------------------------------------
+
+
+def _compare(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .scores import ImportanceScores, describe_calibration, topk_overlap
+
+    if args.width <= 0:
+        raise UserError(f"--width must be positive, got {args.width}")
+    a, b = ImportanceScores.load(args.a), ImportanceScores.load(args.b)
+    if a.widths != b.widths:
+        raise UserError(
+            f"{args.a} and {args.b} are for models with different expert widths; compare scores "
+            "of the same model"
+        )
+    console = Console()
+    if a.fingerprint != b.fingerprint:
+        console.print("[yellow]note: the two files were computed on different models[/]")
+    n_experts = len(a.widths[0])
+    rows = []
+    for i in range(a.num_layers):
+        row = {"layer": i}
+        for e in range(n_experts):
+            w = a.widths[i][e]
+            row[f"expert{e}"] = None if args.width >= w else 1 - topk_overlap(
+                a.scores[i][e], b.scores[i][e], args.width
+            )
+        rows.append(row)
+    table = Table(title=f"share of the top-{args.width} neurons that differ")
+    table.add_column("layer", justify="right")
+    experts = [e for e in range(n_experts) if any(r[f"expert{e}"] is not None for r in rows)]
+    for e in experts:
+        table.add_column(f"expert {e}", justify="right")
+    for r in rows:
+        table.add_row(str(r["layer"]), *[_pct(r[f"expert{e}"]) for e in experts])
+    for e in experts:
+        vals = [r[f"expert{e}"] for r in rows if r[f"expert{e}"] is not None]
+        console.print(f"expert {e}: {100 * sum(vals) / len(vals):.1f}% of the top-{args.width} differ "
+                      "on average")
+    console.print(table)
+    console.print(f"A: {args.a} ({describe_calibration(a.metadata)})")
+    console.print(f"B: {args.b} ({describe_calibration(b.metadata)})")
+    if not experts:
+        console.print(f"every expert is at most {args.width} wide: nothing to compare")
+    if args.json_out:
+        _write_text(args.json_out, json.dumps({"width": args.width, "differ": rows}, indent=1))
+    if args.plot and experts:
+        _plot(rows, experts, args)
+        console.print(f"wrote {args.plot}")
+    return 0
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _write_text(path: str, text: str) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, p)
+
+
+def _plot(rows, experts, args) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install 'olmo-flex-ext[plot]'") from None
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for e in experts:
+        xs = [r["layer"] for r in rows if r[f"expert{e}"] is not None]
+        ys = [100 * r[f"expert{e}"] for r in rows if r[f"expert{e}"] is not None]
+        ax.plot(xs, ys, marker="o", label=f"expert {e}")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"top-{args.width} neurons that differ (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{Path(args.a).stem} vs {Path(args.b).stem}")
+    ax.legend()
+    fig.tight_layout()
+    out = Path(args.plot)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, out)
+
+
+# ---- allocate and prune -------------------------------------------------------------------------
+
+
+def _budget_widths(args, scores, d_model: int) -> List[List[int]]:
+    from .allocate import (
+        allocate_widths,
+        budget_neurons_for_width,
+        neurons_for_params,
+        parse_count,
+    )
+
+    n_experts = len(scores.widths[0])
+    experts = _ints(args.experts, "--experts") if args.experts else list(range(1, n_experts))
+    if 0 in experts and not getattr(args, "prune_public", True):
+        raise UserError("--experts includes the public expert 0; pass --prune-public to prune it")
+    if args.budget_width is not None:
+        if args.budget_width <= 0:
+            raise UserError(f"--budget-width must be positive, got {args.budget_width}")
+        budget = budget_neurons_for_width(scores.num_layers, experts, args.budget_width)
+    else:
+        budget = neurons_for_params(parse_count(args.budget), d_model)
+    return allocate_widths(
+        scores,
+        budget,
+        experts=experts,
+        multiple=args.multiple,
+        min_width=args.min_width,
+        normalize=args.normalize,
+    )
+
+
+def _allocate(args) -> int:
+    from rich.console import Console
+
+    from .scores import ImportanceScores
+
+    scores = ImportanceScores.load(args.scores)
+    d_model = int(scores.metadata.get("d_model", 0))
+    if args.budget is not None and not d_model:
+        raise UserError(f"{args.scores} does not record d_model; use --budget-width instead")
+    widths = _budget_widths(args, scores, d_model)
+    _print_widths(Console(), scores.widths, widths, d_model)
+    if args.out:
+        _write_text(args.out, json.dumps({"expert_widths": widths, "scores": args.scores}, indent=1))
+    return 0
+
+
+def _print_widths(console, original, widths, d_model: int) -> None:
+    from rich.table import Table
+
+    table = Table(title="expert widths per layer")
+    table.add_column("layer", justify="right")
+    for e in range(len(original[0])):
+        table.add_column(f"expert {e}", justify="right")
+    for i, (o, w) in enumerate(zip(original, widths)):
+        table.add_row(str(i), *[f"{n}" + ("" if n == m else f" (of {m})") for n, m in zip(w, o)])
+    console.print(table)
+    if d_model:
+        before = 3 * d_model * sum(map(sum, original))
+        after = 3 * d_model * sum(map(sum, widths))
+        console.print(f"expert parameters: {before:,d} -> {after:,d} ({after / before:.1%})")
+
+
+def _prune(args) -> int:
+    from rich.console import Console
+
+    from ..checkpoint import read_model_config, resolve_checkpoint
+    from ..models import expert_widths_per_layer
+    from .allocate import check_widths, keep_indices, uniform_widths
+    from .scores import ImportanceScores, checkpoint_fingerprint
+    from .slicing import prune_checkpoint
+
+    check_output(args.out, args.overwrite)
+    chosen = [x for x in (args.widths, args.widths_file, args.budget, args.budget_width) if x is not None]
+    if len(chosen) != 1:
+        raise UserError("give exactly one of --widths, --widths-file, --budget, --budget-width")
+    src = resolve_checkpoint(args.checkpoint)
+    config = read_model_config(src)
+    original = expert_widths_per_layer(config)
+    scores = ImportanceScores.load(args.scores)
+    scores.check_model(original, checkpoint_fingerprint(src), what=f"the checkpoint {src}")
+    if args.widths is not None:
+        widths = uniform_widths(original, _ints(args.widths, "--widths"), prune_public=args.prune_public)
+    elif args.widths_file is not None:
+        try:
+            widths = json.loads(Path(args.widths_file).read_text())["expert_widths"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"cannot read widths from {args.widths_file} ({e})") from None
+    else:
+        widths = _budget_widths(args, scores, config.d_model)
+    check_widths(original, widths, prune_public=args.prune_public)
+    keep = keep_indices(scores, widths)
+    info = {
+        "pruned_from": str(src),
+        "scores": str(args.scores),
+        "scores_fingerprint": scores.fingerprint,
+        "method": scores.metadata.get("method"),
+        "calibration": scores.metadata.get("calibration"),
+        "expert_widths": widths,
+    }
+    prune_checkpoint(src, args.out, keep, overwrite=args.overwrite, info=info)
+    console = Console()
+    _print_widths(console, original, widths, config.d_model)
+    console.print(f"wrote {args.out}")
+    return 0
