@@ -25,13 +25,17 @@ def describe(config) -> str:
     return describe_model(config.model)
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+
+
 def describe_model(model) -> str:
     """Parameter counts and expert widths per layer of a model config."""
     from .models import expert_widths_per_layer
 
     lines = [
-        f"total params:  {model.num_params / 1e9:.2f}B ({model.num_params:,d})",
-        f"active params: {model.num_active_params / 1e9:.2f}B ({model.num_active_params:,d})",
+        f"total params:  {_size(model.num_params)} ({model.num_params:,d})",
+        f"active params: {_size(model.num_active_params)} ({model.num_active_params:,d})",
     ]
     try:
         per_layer = expert_widths_per_layer(model)
