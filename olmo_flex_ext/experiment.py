@@ -18,6 +18,7 @@ import torch
 import yaml
 from olmo_core.data import NumpyDataLoaderConfig, NumpyDatasetConfig
 from olmo_core.exceptions import OLMoConfigurationError
+from olmo_core.io import is_url
 from olmo_core.nn.transformer import TransformerConfig
 from olmo_core.script_utils import ExperimentConfig as OLMoExperimentConfig
 from olmo_core.train import Trainer, TrainerConfig
@@ -100,6 +101,10 @@ def load_experiment(path: str, overrides: Optional[List[str]] = None) -> Experim
         )
     if overrides:
         config = config.merge([o if o.startswith("--") else f"--{o}" for o in overrides])
+    folder = config.trainer.save_folder
+    if getattr(config.dataset, "work_dir", "") is None and not is_url(folder):
+        # the dataset's index cache belongs to the run; unset, OLMo-core uses the shared /tmp
+        config.dataset.work_dir = f"{folder}/dataset-cache"
     if config.model is None:
         config.model = _model_from_checkpoint(config, path)
         vocab = config.dataset.tokenizer.vocab_size

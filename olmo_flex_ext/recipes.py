@@ -66,7 +66,7 @@ def flex_experiment(
         sequence_length=sequence_length,
         tokenizer=tokenizer,
         dtype=NumpyDatasetDType(token_dtype(tokenizer.padded_vocab_size()).__name__),
-        work_dir=f"{save_folder}/dataset-cache",
+        work_dir=None,  # load_experiment puts it in the (possibly overridden) save folder
     )
     data_loader = NumpyDataLoaderConfig(
         global_batch_size=global_batch_tokens, seed=seed, num_workers=0

@@ -81,6 +81,7 @@ def test_run_has_variable_experts_and_checkpoints(full_run):
     assert sorted(p.name for p in folder.glob("step*")) == ["step0", "step10", "step5"]
     assert (folder / "step10" / "model_and_optim" / ".metadata").exists()
     assert (folder / "step10" / "config.json").exists()
+    assert any((folder / "dataset-cache").iterdir())  # the data index cache follows save_folder
     assert len(run_losses) == STEPS and run_losses[-1] < run_losses[0]
 
 
