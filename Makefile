@@ -21,10 +21,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[hf,dev]"
 	touch $(STAMP)
 
-# For now the main job is the tiny training run; run again, it resumes (a finished run is a no-op).
 demo: $(STAMP)
-	OLMO_FLEX_DATA_ROOT=$(OUT)/data $(PY) -m olmo_flex_ext.launch train_configs/tiny_flex.py \
-	  --trainer.save_folder=$(OUT)/tiny_flex
+	$(VENV)/bin/olmo-flex demo --out $(OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x tests

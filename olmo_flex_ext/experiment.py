@@ -101,10 +101,7 @@ def load_experiment(path: str, overrides: Optional[List[str]] = None) -> Experim
         )
     if overrides:
         config = config.merge([o if o.startswith("--") else f"--{o}" for o in overrides])
-    folder = config.trainer.save_folder
-    if getattr(config.dataset, "work_dir", "") is None and not is_url(folder):
-        # the dataset's index cache belongs to the run; unset, OLMo-core uses the shared /tmp
-        config.dataset.work_dir = f"{folder}/dataset-cache"
+    set_dataset_work_dir(config)
     if config.model is None:
         config.model = _model_from_checkpoint(config, path)
         vocab = config.dataset.tokenizer.vocab_size
@@ -118,6 +115,14 @@ def load_experiment(path: str, overrides: Optional[List[str]] = None) -> Experim
         config.model = config.model.copy()
         config.model.freeze_params = list(dict.fromkeys((config.model.freeze_params or []) + extra))
     return config
+
+
+def set_dataset_work_dir(config: ExperimentConfig) -> None:
+    """Put the dataset's index cache in the run folder when the config leaves it unset (OLMo-core
+    would use the shared temp dir, where runs over different data can collide)."""
+    folder = config.trainer.save_folder
+    if getattr(config.dataset, "work_dir", "") is None and not is_url(folder):
+        config.dataset.work_dir = f"{folder}/dataset-cache"
 
 
 def parse_override(item: str) -> Tuple[str, Any]:
@@ -228,6 +233,7 @@ def distributed_backend() -> Optional[str]:
 def train(config: ExperimentConfig) -> Trainer:
     """Build every component and train, resuming from the run folder's latest checkpoint if any.
     Returns the trainer (its ``train_module.model`` holds the trained weights)."""
+    set_dataset_work_dir(config)
     seed_all(config.init_seed)
     model = config.model.build(init_device="meta")
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
