@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import List, Sequence
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -51,12 +50,3 @@ def lm_loss(model, tokens: torch.Tensor) -> float:
     with torch.no_grad():
         logits = model(tokens[:, :-1])
         return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)))
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run faster on one thread, and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
