@@ -8,8 +8,7 @@ router-only training. Functions the demo and users call:
 - :func:`router_only` / :func:`router_experiment` (FlexOlmo's router-training "RT" variant).
 """
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 # Name -> submodule; imported on first use so that `olmo-flex --help` (which imports
 # olmo_flex_ext.compose.commands) does not pay for torch and OLMo-core.
@@ -38,10 +37,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -29,6 +29,7 @@ import torch
 from olmo_core.distributed.utils import barrier, broadcast_object, get_rank
 from olmo_core.train.callbacks import Callback
 
+from ..atomic import write_atomic
 from ..errors import UserError
 from .allocate import (
     allocate_widths,
@@ -224,9 +225,9 @@ class PruneCallback(Callback):
         return scores
 
     def _compute(self, teacher: Path, data: Optional[List[str]], num_seqs: int, out: Path) -> None:
-        from ..checkpoint import read_model_config
+        from ..checkpoint import load_model, read_model_config
         from ..data.tokens import TokenFiles, token_dtype
-        from .importance import compute_importance, load_teacher
+        from .importance import compute_importance
 
         if not data:
             raise UserError(
@@ -239,7 +240,7 @@ class PruneCallback(Callback):
         tokens = TokenFiles(data, token_dtype(vocab, self.token_dtype))
         log.info("Pruning callback: scoring the teacher %s on %s", teacher, data)
         self.dir.mkdir(parents=True, exist_ok=True)
-        model = load_teacher(teacher, device, getattr(torch, dtype))
+        model = load_model(teacher, device=device, dtype=getattr(torch, dtype))
         scores = compute_importance(
             model,
             tokens,
@@ -304,9 +305,7 @@ class PruneCallback(Callback):
                 "prune/calibration_overlap_mean", sum(overlap_all) / len(overlap_all)
             )
         if get_rank() == 0:
-            tmp = self.dir / ".allocation.json.tmp"
-            tmp.write_text(json.dumps(rows, indent=1))
-            tmp.replace(self.dir / "allocation.json")
+            write_atomic(self.dir / "allocation.json", json.dumps(rows, indent=1))
             for r in rows:
                 log.info("pruned %s", r)
 
