@@ -15,9 +15,11 @@ from olmo_flex_ext.data.tokens import TokenFiles
 from olmo_flex_ext.models import tiny_flex
 
 
-def tiny_model(widths: Sequence[int], top_k=None, seed: int = 0, d_model: int = 32, n_heads: int = 2):
+def tiny_model(
+    widths: Sequence[int], top_k=None, seed: int = 0, d_model: int = 32, n_heads: int = 2, **shape
+):
     torch.manual_seed(seed)
-    config = tiny_flex(list(widths), top_k=top_k, d_model=d_model, n_heads=n_heads)
+    config = tiny_flex(list(widths), top_k=top_k, d_model=d_model, n_heads=n_heads, **shape)
     model = config.build(init_device="cpu")
     # Larger expert weights than the init so that neurons differ clearly in importance.
     with torch.no_grad():
