@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from distill_helpers import SEQ, TEACHER_WIDTHS, held_out_kl, prune_first, train_teacher
+from distill_helpers import (
+    PRUNED_WIDTH,
+    SEQ,
+    TEACHER_WIDTHS,
+    held_out_kl,
+    prune_first,
+    train_teacher,
+)
 
 from olmo_flex_ext import load_model
 from olmo_flex_ext.data.synthetic import ensure_synthetic_tokens
@@ -45,6 +52,7 @@ def env(tmp_path_factory):
                            tokenizer=TINY_TOKENIZER, progress=False)
     overrides = [
         f"--load_path={student}",
+        f"--model.block.feed_forward_moe.expert_widths=[{TEACHER_WIDTHS[0]},{PRUNED_WIDTH}]",
         f"--dataset.topk_store={store.path}",
         f"--train_module.teacher_path={teacher}",
         f"--dataset.paths=[{','.join(data)}]",

@@ -5,7 +5,7 @@ router-only training. Functions the demo and users call:
   :func:`opt_out` (in place on a built model), :func:`with_opt_out` (on a config);
 - :func:`compute_domain_embeddings` (``olmo-flex domain-embed``), :func:`save_domain_embeddings`
   (vectors from any embedder), :func:`load_domain_embeddings`;
-- :func:`router_only` / :func:`router_experiment` (FlexOlmo's router-training "RT" variant).
+- :func:`router_only` / :func:`router_experiment` / :func:`router_only_experiment` (FlexOlmo's router-training "RT" variant).
 """
 
 from ..lazy import lazy_exports
@@ -31,6 +31,7 @@ _EXPORTS = {
     "ROUTER_ONLY_FREEZE": "router_training",
     "RouterOnlyCheck": "router_training",
     "router_experiment": "router_training",
+    "router_only_experiment": "router_training",
     "router_only": "router_training",
     "router_only_patterns": "router_training",
 }
