@@ -22,6 +22,7 @@ _EXPORTS = {
     "module_fingerprint": "scores",
     "topk_overlap": "scores",
     "allocate_widths": "allocate",
+    "allocate_for_budget": "allocate",
     "keep_indices": "allocate",
     "top_neurons": "allocate",
     "uniform_widths": "allocate",

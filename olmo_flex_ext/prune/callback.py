@@ -32,8 +32,7 @@ from olmo_core.train.callbacks import Callback
 from ..atomic import write_atomic
 from ..errors import UserError
 from .allocate import (
-    allocate_widths,
-    budget_neurons_for_width,
+    allocate_for_budget,
     check_widths,
     keep_indices,
     kept_fraction,
@@ -113,13 +112,10 @@ class PruneCallback(Callback):
         """Widths per layer from ``scores`` under this callback's budget settings."""
         if self.budget_width is None:
             raise UserError("allocation needs budget_width")
-        n_experts = len(scores.widths[0])
-        experts = self.budget_experts or list(range(1, n_experts))
-        budget = budget_neurons_for_width(scores.num_layers, experts, self.budget_width)
-        return allocate_widths(
+        return allocate_for_budget(
             scores,
-            budget,
-            experts=experts,
+            budget_width=self.budget_width,
+            experts=self.budget_experts,
             multiple=self.multiple,
             min_width=self.min_width,
             normalize=self.normalize,

@@ -228,27 +228,16 @@ def _plot(rows, experts, args) -> None:
 
 def _budget_widths(args, scores, d_model: int) -> List[List[int]]:
     from ..errors import UserError
-    from .allocate import (
-        allocate_widths,
-        budget_neurons_for_width,
-        neurons_for_params,
-        parse_count,
-    )
+    from .allocate import allocate_for_budget, parse_count
 
-    n_experts = len(scores.widths[0])
-    experts = args.experts if args.experts else list(range(1, n_experts))
-    if 0 in experts and not getattr(args, "prune_public", True):
+    if args.experts and 0 in args.experts and not getattr(args, "prune_public", True):
         raise UserError("--experts includes the public expert 0; pass --prune-public to prune it")
-    if args.budget_width is not None:
-        if args.budget_width <= 0:
-            raise UserError(f"--budget-width must be positive, got {args.budget_width}")
-        budget = budget_neurons_for_width(scores.num_layers, experts, args.budget_width)
-    else:
-        budget = neurons_for_params(parse_count(args.budget), d_model)
-    return allocate_widths(
+    return allocate_for_budget(
         scores,
-        budget,
-        experts=experts,
+        budget_width=args.budget_width,
+        budget_params=None if args.budget is None else parse_count(args.budget),
+        d_model=d_model,
+        experts=args.experts,
         multiple=args.multiple,
         min_width=args.min_width,
         normalize=args.normalize,
