@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from olmo_core.data import TokenizerConfig
+from olmo_core.distributed.utils import barrier, get_rank, get_world_size
 from olmo_core.nn.transformer import Transformer
 
 from .. import __version__
@@ -137,17 +138,6 @@ def _chunk_name(c: int) -> str:
     return f"chunk-{c:06d}.bin"
 
 
-def _rank_world() -> Tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def _all_true(flag: bool) -> bool:
     if not (dist.is_available() and dist.is_initialized()):
         return flag
@@ -186,7 +176,7 @@ def generate_store(
     process group calls this. Returns the finished store, or ``None`` when this call stopped
     after ``max_chunks`` new chunks per rank (a later call resumes)."""
     out = Path(out)
-    rank, world = _rank_world()
+    rank, world = get_rank(), get_world_size()
     if out.exists() and not overwrite:
         raise TopKStoreError(f"{out} already exists; choose another --out or pass --overwrite")
     config = read_model_config(teacher)
@@ -239,7 +229,7 @@ def generate_store(
         return None
     if rank == 0:
         _finalise(work, out, plan, chunks, codec, overwrite)
-    _barrier()
+    barrier()
     return TopKStore(out)
 
 
@@ -258,7 +248,7 @@ def _start_or_resume(work: Path, plan: Dict[str, Any], rank: int) -> None:
             log.info("Resuming the unfinished store in %s", work)
         else:
             _write_atomic(plan_file, json.dumps(plan, indent=2).encode())
-    _barrier()
+    barrier()
 
 
 def _run_chunks(

@@ -91,7 +91,7 @@ def _budget_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def _importance(args) -> int:
-    import torch.distributed as dist
+    from olmo_core.distributed.utils import get_rank
 
     from ..checkpoint import check_output, load_model, read_model_config, resolve_checkpoint
     from ..cli_args import command_device, torch_dtype
@@ -129,7 +129,7 @@ def _importance(args) -> int:
             save_every=args.save_every,
             source=str(ckpt),
         )
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        if get_rank() == 0:
             scores.save(out)
             print(f"wrote {out}: {args.method} scores of {len(scores.scores)} layers, "
                   f"{args.num_seqs} x {args.seq_len} calibration tokens")

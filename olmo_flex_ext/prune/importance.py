@@ -31,6 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.distributed as dist
+from olmo_core.distributed.utils import get_rank, get_world_size
 
 from ..atomic import atomic_file
 from ..data.tokens import TokenFiles, Window
@@ -183,12 +184,6 @@ class _Progress:
         return cls(identity, int(state["done"]), state["flat"])
 
 
-def _rank_world() -> tuple:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def compute_importance(
     model: torch.nn.Module,
     data: TokenFiles,
@@ -210,7 +205,7 @@ def compute_importance(
     there (atomically) about every ``save_every`` sequences, a rerun with the same model, data and
     settings continues from them (at any world size), and the file is removed when done.
     """
-    rank, world = _rank_world()
+    rank, world = get_rank(), get_world_size()
     windows = data.sample_windows(seq_len, num_seqs)
     mlps = expert_mlps(model)
     device = next(model.parameters()).device
