@@ -5,7 +5,7 @@ unpruned teacher's top-k store with only expert 1 and its router row training.
     python -m olmo_flex_ext.launch train_configs/tiny_flex.py                 # the teacher
     olmo-flex logprobs runs/tiny_flex --data 'runs/data/synthetic/*.npy' --seq-len 128 \\
         --top-k 32 --out runs/tiny_flex_math_kd/store                         # its top-k store
-    python -m olmo_flex_ext.launch train_configs/tiny_flex_math_kd.py         # prune + distil
+    python -m olmo_flex_ext.launch train_configs/tiny_flex_math_kd.py         # prune + distill
 
 Settings: ``--trainer.callbacks.prune.teacher`` (the checkpoint to prune) and
 ``--train_module.teacher_path`` (the store must have been made from it; both default to
