@@ -19,6 +19,9 @@ COMMAND_MODULES: List[str] = [
     "olmo_flex_ext.prune.commands",
     "olmo_flex_ext.compose.commands",
     "olmo_flex_ext.distill.commands",
+    "olmo_flex_ext.demo",
+    "olmo_flex_ext.data.commands",
+    "olmo_flex_ext.eval.commands",
 ]
 
 

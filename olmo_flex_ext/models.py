@@ -32,6 +32,7 @@ __all__ = [
     "model_names",
     "expert_widths_per_layer",
     "with_expert_widths",
+    "olmo2_dense",
 ]
 
 Widths = Union[Sequence[int], Sequence[Sequence[int]]]
@@ -228,4 +229,35 @@ def get_model_config(name: str) -> TransformerConfig:
         return tiny_flex([int(w) for w in m.group(1).split("x")])
     raise OLMoConfigurationError(
         f"unknown model name {name!r}; known: {', '.join(model_names())}"
+    )
+
+
+def olmo2_dense(
+    *,
+    d_model: int,
+    n_layers: int,
+    n_heads: int,
+    vocab_size: int,
+    hidden_size: int,
+    rope_theta: int = 500_000,
+    layer_norm_eps: float = 1e-6,
+    dtype: DType = DType.float32,
+) -> TransformerConfig:
+    """A dense OLMo-2 transformer with the same blocks as :func:`flex_olmo` (post-norm, QK-norm,
+    RoPE, no biases, untied embeddings) and one SwiGLU MLP of ``hidden_size`` per layer: the shape
+    of FlexOlmo's public model, which upcycling turns into the public expert plus new experts."""
+    from olmo_core.nn.feed_forward import FeedForwardConfig
+    from olmo_core.nn.transformer import TransformerBlockType
+
+    return TransformerConfig.llama_like(
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        vocab_size=vocab_size,
+        block_name=TransformerBlockType.reordered_norm,
+        qk_norm=True,
+        rope_theta=rope_theta,
+        layer_norm_eps=layer_norm_eps,
+        feed_forward=FeedForwardConfig(hidden_size=hidden_size, bias=False, dtype=dtype),
+        dtype=dtype,
     )

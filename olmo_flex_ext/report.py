@@ -1,0 +1,335 @@
+"""The results table of a demo run: ``results.json`` (the format other tools and CI read),
+``report.md`` with the table and plots, and checks of the claims the table should support.
+
+``results.json`` is a list of rows (see :class:`ResultRow`); :func:`validate_results` checks a file
+or a list against that contract and names every problem it finds. Plots are PNGs drawn with
+matplotlib's Agg backend (no display needed). Every file is written to a temp name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+__all__ = [
+    "KINDS",
+    "ResultRow",
+    "validate_results",
+    "load_results",
+    "check_claims",
+    "Claim",
+    "write_report",
+    "markdown_table",
+    "model_row_fields",
+]
+
+KINDS = ("public", "full", "pruned", "pruned+kd")
+"""``public``: no domain expert; ``full``: the unpruned expert; ``pruned``: pruned without
+retraining; ``pruned+kd``: pruned, then distilled from the full model."""
+
+Widths = Union[List[int], List[List[int]]]
+
+
+@dataclass
+class ResultRow:
+    """One model of the table."""
+
+    name: str
+    kind: str
+    expert_widths: Widths
+    """The MLP width of each expert (public first), or one such list per layer when they differ."""
+    total_params: int
+    expert_params: int
+    """Parameters of the domain experts' MLPs (0 for the public model)."""
+    math_accuracy: float
+    """Exact-match accuracy of greedy answers on held-out problems, in [0, 1]."""
+    math_loss: float
+    """Mean loss (nats) on the answer tokens of held-out problems."""
+    general_loss: float
+    """Mean loss (nats) per token on held-out general text."""
+
+
+_FIELDS = {f.name for f in fields(ResultRow)}
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _widths_problem(w: Any) -> Optional[str]:
+    if not isinstance(w, list) or not w:
+        return "must be a non-empty list"
+    if all(_is_int(x) for x in w):
+        return None if all(x > 0 for x in w) else "has a width that is not positive"
+    if all(isinstance(x, list) and x and all(_is_int(y) and y > 0 for y in x) for x in w):
+        return None if len({len(x) for x in w}) == 1 else "layers have different expert counts"
+    return "must be a list of positive ints, or one such list per layer"
+
+
+def _row_problems(i: int, row: Any) -> List[str]:
+    where = f"row {i}"
+    if not isinstance(row, dict):
+        return [f"{where} is a {type(row).__name__}, not an object"]
+    where = f"row {i} ({row.get('name', '?')})"
+    out = [f"{where}: missing {k!r}" for k in sorted(_FIELDS - set(row))]
+    out += [f"{where}: unknown field {k!r}" for k in sorted(set(row) - _FIELDS)]
+    if out:
+        return out
+    if not isinstance(row["name"], str) or not row["name"]:
+        out.append(f"{where}: name must be a non-empty string")
+    if row["kind"] not in KINDS:
+        out.append(f"{where}: kind {row['kind']!r} is not one of {KINDS}")
+    if (p := _widths_problem(row["expert_widths"])) is not None:
+        out.append(f"{where}: expert_widths {p}")
+    for k in ("total_params", "expert_params"):
+        if not _is_int(row[k]) or row[k] < 0:
+            out.append(f"{where}: {k} must be a non-negative integer")
+    if not out and row["expert_params"] >= row["total_params"]:
+        out.append(f"{where}: expert_params must be smaller than total_params")
+    if row["kind"] == "public" and row["expert_params"] != 0:
+        out.append(f"{where}: a public row has no expert parameters")
+    for k in ("math_accuracy", "math_loss", "general_loss"):
+        v = row[k]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            out.append(f"{where}: {k} must be a finite non-negative number")
+    if isinstance(row["math_accuracy"], (int, float)) and row["math_accuracy"] > 1:
+        out.append(f"{where}: math_accuracy must be a fraction in [0, 1]")
+    return out
+
+
+def validate_results(data: Union[str, Path, Sequence[Any]]) -> List[ResultRow]:
+    """Check ``results.json`` (a path or its parsed list) against the contract; return the rows
+    or raise ``ValueError`` listing every problem."""
+    if isinstance(data, (str, Path)):
+        try:
+            data = json.loads(Path(data).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read results {data}: {e}") from None
+    if not isinstance(data, list) or not data:
+        raise ValueError("results must be a non-empty JSON list of rows")
+    problems = [p for i, row in enumerate(data) for p in _row_problems(i, row)]
+    names = [r.get("name") for r in data if isinstance(r, dict)]
+    problems += [
+        f"name {n!r} appears more than once"
+        for n in sorted({n for n in names if names.count(n) > 1})
+    ]
+    if problems:
+        raise ValueError("invalid results:\n  " + "\n  ".join(problems))
+    return [ResultRow(**row) for row in data]
+
+
+def load_results(path: Union[str, Path]) -> List[ResultRow]:
+    return validate_results(path)
+
+
+@dataclass
+class Claim:
+    """One statement the table should support, and whether it does."""
+
+    text: str
+    holds: bool
+    detail: str
+
+
+def _domain_widths(row: ResultRow) -> Tuple:
+    w = row.expert_widths
+    return tuple(tuple(x[1:]) for x in w) if isinstance(w[0], list) else tuple(w[1:])  # type: ignore[index]
+
+
+def check_claims(rows: Sequence[ResultRow], *, margin: float = 0.1) -> List[Claim]:
+    """The method's claims: the full expert beats no expert on math; at each pruned width,
+    distillation beats pruning alone; the distilled ~50%-parameter expert is within ``margin``
+    (accuracy points) of the full expert. Only claims whose rows exist are checked."""
+    by_kind: Dict[str, List[ResultRow]] = {k: [r for r in rows if r.kind == k] for k in KINDS}
+    claims: List[Claim] = []
+    for full in by_kind["full"]:
+        for pub in by_kind["public"]:
+            claims.append(
+                Claim(
+                    f"{full.name} beats {pub.name} on math",
+                    full.math_accuracy > pub.math_accuracy and full.math_loss < pub.math_loss,
+                    f"accuracy {full.math_accuracy:.3f} vs {pub.math_accuracy:.3f}, "
+                    f"answer loss {full.math_loss:.3f} vs {pub.math_loss:.3f}",
+                )
+            )
+    for kd in by_kind["pruned+kd"]:
+        for pr in by_kind["pruned"]:
+            if _domain_widths(pr) == _domain_widths(kd):
+                claims.append(
+                    Claim(
+                        f"{kd.name} beats {pr.name} (same widths) on math",
+                        kd.math_loss < pr.math_loss and kd.math_accuracy >= pr.math_accuracy,
+                        f"accuracy {kd.math_accuracy:.3f} vs {pr.math_accuracy:.3f}, "
+                        f"answer loss {kd.math_loss:.3f} vs {pr.math_loss:.3f}",
+                    )
+                )
+    for full in by_kind["full"]:
+        for kd in by_kind["pruned+kd"]:
+            share = kd.expert_params / max(full.expert_params, 1)
+            if abs(share - 0.5) <= 0.05:
+                gap = full.math_accuracy - kd.math_accuracy
+                claims.append(
+                    Claim(
+                        f"{kd.name} ({share:.0%} of the expert) within {margin:.0%} of {full.name}",
+                        gap <= margin,
+                        f"accuracy {kd.math_accuracy:.3f} vs {full.math_accuracy:.3f} (gap {gap:+.3f})",
+                    )
+                )
+    return claims
+
+
+def markdown_table(rows: Sequence[ResultRow]) -> str:
+    head = "| model | kind | expert widths | total params | expert params | math acc | math loss | general loss |"
+    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r.name} | {r.kind} | {_widths_text(r.expert_widths)} | {r.total_params:,} | "
+            f"{r.expert_params:,} | {r.math_accuracy:.3f} | {r.math_loss:.3f} | {r.general_loss:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _widths_text(w: Widths) -> str:
+    if w and isinstance(w[0], list):
+        domain = [x[1:] for x in w]  # type: ignore[index]
+        return f"{w[0][0]} + per layer {domain}"  # type: ignore[index]
+    return " + ".join(str(x) for x in w)
+
+
+def model_row_fields(config: Any) -> Dict[str, Any]:
+    """``expert_widths``, ``total_params`` and ``expert_params`` of an OLMo-core model config:
+    a dense model counts as one (public) expert of its MLP width; domain experts are all experts
+    after the first, and their parameters are their MLP rows (3 x d_model per unit of width)."""
+    blocks = config.resolved_block_configs
+    if all(b.feed_forward_moe is None for b in blocks):
+        widths: Widths = sorted({b.feed_forward.hidden_size for b in blocks})
+        if len(widths) > 1:
+            widths = [[b.feed_forward.hidden_size] for b in blocks]
+        return dict(expert_widths=widths, total_params=config.num_params, expert_params=0)
+    from .models import expert_widths_per_layer
+
+    per_layer = expert_widths_per_layer(config)
+    domain = sum(sum(w[1:]) for w in per_layer)
+    same = all(w == per_layer[0] for w in per_layer)
+    return dict(
+        expert_widths=per_layer[0] if same else per_layer,
+        total_params=config.num_params,
+        expert_params=3 * config.d_model * domain,
+    )
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _plot(path: Path, draw: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    draw(ax)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_curves(
+    path: Path, curves: Mapping[str, Mapping[int, float]], *, title: str, ylabel: str
+) -> None:
+    """One line per label: value by training step."""
+
+    def draw(ax: Any) -> None:
+        for label, points in curves.items():
+            steps = sorted(points)
+            ax.plot(steps, [points[s] for s in steps], label=label)
+        ax.set(title=title, xlabel="step", ylabel=ylabel)
+        ax.legend()
+        ax.grid(alpha=0.3)
+
+    _plot(path, draw)
+
+
+def plot_overlap(path: Path, overlap: Sequence[float], *, width: int) -> None:
+    """Per-layer share of the top-``width`` neurons that math and general calibration share."""
+
+    def draw(ax: Any) -> None:
+        ax.bar(range(len(overlap)), overlap)
+        ax.set(
+            title=f"top-{width} neurons shared by math and general calibration",
+            xlabel="layer",
+            ylabel="overlap",
+            ylim=(0, 1),
+        )
+
+    _plot(path, draw)
+
+
+def plot_widths(path: Path, widths: Mapping[str, Sequence[int]]) -> None:
+    """Domain-expert width per layer for each labelled model."""
+
+    def draw(ax: Any) -> None:
+        for label, per_layer in widths.items():
+            ax.plot(range(len(per_layer)), per_layer, marker="o", label=label)
+        ax.set(title="math expert width per layer", xlabel="layer", ylabel="width")
+        ax.legend()
+        ax.grid(alpha=0.3)
+
+    _plot(path, draw)
+
+
+def write_report(
+    out: Union[str, Path],
+    rows: Sequence[ResultRow],
+    *,
+    title: str = "Variable FlexOlmo demo",
+    curves: Optional[Mapping[str, Mapping[str, Mapping[int, float]]]] = None,
+    overlap: Optional[Tuple[int, Sequence[float]]] = None,
+    allocation: Optional[Mapping[str, Sequence[int]]] = None,
+    notes: Sequence[str] = (),
+    margin: float = 0.1,
+) -> Path:
+    """Write ``out/results.json``, plots under ``out/plots/`` and ``out/report.md``.
+
+    :param curves: plot title -> label -> {step: value}, one PNG each (e.g. distillation loss per
+        width, or the public model's training loss).
+    :param overlap: ``(W, per-layer overlap of the top-W sets)`` of math vs general calibration.
+    :param allocation: label -> domain-expert width per layer.
+    """
+    out = Path(out)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    validate_results([asdict(r) for r in rows])
+    md = [f"# {title}", "", markdown_table(rows), ""]
+    claims = check_claims(rows, margin=margin)
+    if claims:
+        md += ["## Checks", ""]
+        md += [f"- [{'x' if c.holds else ' '}] {c.text}: {c.detail}" for c in claims]
+        md.append("")
+    images: List[Tuple[str, str]] = []
+    for i, (plot_title, by_label) in enumerate((curves or {}).items()):
+        name = f"curves-{i}.png"
+        plot_curves(plots / name, by_label, title=plot_title, ylabel="loss")
+        images.append((plot_title, name))
+    if overlap is not None:
+        plot_overlap(plots / "calibration-overlap.png", overlap[1], width=overlap[0])
+        images.append(("Calibration overlap per layer", "calibration-overlap.png"))
+    if allocation:
+        plot_widths(plots / "width-allocation.png", allocation)
+        images.append(("Width allocation", "width-allocation.png"))
+    for caption, name in images:
+        md += [f"## {caption}", "", f"![{caption}](plots/{name})", ""]
+    if notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    _write_text(out / "report.md", "\n".join(md))
+    _write_text(out / "results.json", json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    return out / "results.json"

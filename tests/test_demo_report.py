@@ -1,0 +1,115 @@
+"""results.json contract, its validator, the claims check and the written report."""
+
+import copy
+import json
+from dataclasses import asdict
+
+import pytest
+
+from olmo_flex_ext.report import (
+    ResultRow,
+    check_claims,
+    model_row_fields,
+    validate_results,
+    write_report,
+)
+
+
+def rows():
+    def row(name, kind, widths, expert, acc, mloss):
+        return ResultRow(name, kind, widths, 1000 + expert, expert, acc, mloss, 2.0)
+
+    return [
+        row("public", "public", [256], 0, 0.02, 3.0),
+        row("full", "full", [256, 256], 600, 0.60, 0.8),
+        row("pruned-50", "pruned", [256, 128], 300, 0.10, 2.0),
+        row("pruned-50+kd", "pruned+kd", [256, 128], 300, 0.55, 0.9),
+        row("budget-50", "pruned", [[256, 64], [256, 192]], 300, 0.05, 2.5),
+        row("budget-50+kd", "pruned+kd", [[256, 64], [256, 192]], 300, 0.30, 1.2),
+    ]
+
+
+def test_valid_rows_round_trip(tmp_path):
+    data = [asdict(r) for r in rows()]
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    assert validate_results(tmp_path / "results.json") == rows()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda r: r[0].pop("math_loss"), "missing 'math_loss'"),
+        (lambda r: r[0].update(extra=1), "unknown field 'extra'"),
+        (lambda r: r[1].update(kind="teacher"), "kind 'teacher' is not one of"),
+        (lambda r: r[1].update(math_accuracy=60.0), "fraction in \\[0, 1\\]"),
+        (lambda r: r[1].update(general_loss=float("nan")), "general_loss must be a finite"),
+        (
+            lambda r: r[1].update(expert_widths=[256, 0]),
+            "expert_widths has a width that is not positive",
+        ),
+        (lambda r: r[1].update(expert_widths=[[256, 1], [256]]), "different expert counts"),
+        (lambda r: r[1].update(total_params=1.5), "total_params must be a non-negative integer"),
+        (lambda r: r[1].update(expert_params=10**9), "expert_params must be smaller"),
+        (lambda r: r[0].update(expert_params=5), "public row has no expert parameters"),
+        (lambda r: r[2].update(name="full"), "name 'full' appears more than once"),
+    ],
+)
+def test_invalid_rows_are_named(edit, message):
+    data = copy.deepcopy([asdict(r) for r in rows()])
+    edit(data)
+    with pytest.raises(ValueError, match=message):
+        validate_results(data)
+
+
+def test_not_a_list():
+    with pytest.raises(ValueError, match="non-empty JSON list"):
+        validate_results({"rows": []})
+
+
+def test_claims():
+    claims = {c.text: c.holds for c in check_claims(rows(), margin=0.1)}
+    assert claims == {
+        "full beats public on math": True,
+        "pruned-50+kd beats pruned-50 (same widths) on math": True,
+        "budget-50+kd beats budget-50 (same widths) on math": True,
+        "pruned-50+kd (50% of the expert) within 10% of full": True,
+        "budget-50+kd (50% of the expert) within 10% of full": False,
+    }
+    worse = rows()
+    worse[1].math_accuracy = 0.01
+    assert not next(c for c in check_claims(worse) if c.text.startswith("full beats")).holds
+
+
+def test_write_report(tmp_path):
+    curves = {"distillation": {"50%": {1: 3.0, 2: 2.5}, "19%": {1: 3.5, 2: 3.0}}}
+    path = write_report(
+        tmp_path, rows(), curves=curves, overlap=(128, [0.9, 0.4]),
+        allocation={"uniform": [128, 128], "budget": [64, 192]}, notes=["wall time 1 s"],
+    )  # fmt: skip
+    assert validate_results(path) == rows()
+    md = (tmp_path / "report.md").read_text()
+    assert "| pruned-50+kd | pruned+kd | 256 + 128 |" in md and "wall time 1 s" in md
+    assert "- [ ] budget-50+kd (50% of the expert) within 10% of full" in md
+    pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert pngs == ["calibration-overlap.png", "curves-0.png", "width-allocation.png"]
+    for p in pngs:
+        assert (tmp_path / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"plots/{p}" in md
+    assert not [p for p in tmp_path.rglob(".*")]
+
+
+def test_model_row_fields():
+    from olmo_flex_ext.models import olmo2_dense, tiny_flex
+
+    dense = olmo2_dense(d_model=32, n_layers=2, n_heads=2, vocab_size=256, hidden_size=64)
+    assert model_row_fields(dense) == dict(
+        expert_widths=[64], total_params=dense.num_params, expert_params=0
+    )
+    moe = tiny_flex([[64, 32], [64, 16]], d_model=32, vocab_size=256)
+    fields = model_row_fields(moe)
+    assert fields["expert_widths"] == [[64, 32], [64, 16]]
+    assert fields["expert_params"] == 3 * 32 * (32 + 16)
+    model = moe.build(init_device="meta")
+    mlp = sum(p.numel() for n, p in model.named_parameters() if "experts.mlp" in n)
+    assert fields["total_params"] == sum(p.numel() for p in model.parameters())
+    assert fields["expert_params"] == mlp - 3 * 32 * 64 * 2
