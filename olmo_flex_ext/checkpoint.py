@@ -315,10 +315,17 @@ def load_model(
     (default CPU) with weights in ``dtype`` (default float32).
 
     The model is built on the meta device and its weights are read straight into their place, so
-    nothing is initialised only to be overwritten (a 7B teacher loads at the cost of its weights).
+    nothing is initialised only to be overwritten (a 7B teacher loads at the cost of its weights);
+    a model with non-persistent buffers is built on ``device`` instead.
     """
-    model = read_model_config(path).build(init_device="meta")
-    model.to_empty(device=device or "cpu")
+    config = read_model_config(path)
+    model = config.build(init_device="meta")
+    saved = set(model.state_dict())
+    if any(name not in saved for name, _ in model.named_buffers()):
+        # a non-persistent buffer is not in the checkpoint: it needs its constructor's values
+        model = config.build(init_device=str(device or "cpu"))
+    else:
+        model.to_empty(device=device or "cpu")
     load_state_dict(model, path)
     return model.to(dtype=dtype or torch.float32).eval()
 
