@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from rich.console import Console
 
-from .errors import UserError
+from .atomic import write_atomic
 
 if TYPE_CHECKING:
     from .data.demo_data import DemoData, DemoDataConfig
@@ -141,9 +140,7 @@ class StageRunner:
             "seconds": seconds,
             "cpu_seconds": time.process_time() - cpu,
         }
-        tmp = self.dir / f".{name}.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, self.dir / f"{name}.json")
+        write_atomic(self.dir / f"{name}.json", json.dumps(record, indent=2, default=str))
         self.timings[name] = seconds
         self.cpu_timings[name] = record["cpu_seconds"]
         console.print(f"stage {name}: {seconds:.1f} s ({record['cpu_seconds']:.1f} s CPU)")
@@ -366,14 +363,14 @@ def run_demo(
     if settings.exists():
         previous = json.loads(settings.read_text())
         if previous != identity(config):
+            from .errors import UserError
+
             raise UserError(
                 f"{root} holds a demo made with other settings (e.g. --quick vs full); "
                 "use another --out directory or delete this one"
             )
     else:
-        tmp = root / ".demo.json.tmp"
-        tmp.write_text(json.dumps(identity(config), indent=2))
-        os.replace(tmp, settings)
+        write_atomic(settings, json.dumps(identity(config), indent=2))
     start = time.perf_counter()
     rows = Demo(root, config).run()
     _print_table(rows)
@@ -415,6 +412,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.threads < 1:
+        from .errors import UserError
+
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     run_demo(args.out, quick=args.quick, wandb=not args.no_wandb, threads=args.threads)
     return 0

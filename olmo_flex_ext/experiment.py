@@ -7,12 +7,13 @@ Train configs (``train_configs/*.py``) define ``build_config()`` returning an
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 import yaml
@@ -35,6 +36,8 @@ __all__ = [
     "world_size",
     "check_parallelism",
     "parse_override",
+    "distributed_backend",
+    "process_group",
 ]
 
 log = logging.getLogger(__name__)
@@ -228,6 +231,23 @@ def distributed_backend() -> Optional[str]:
     if world_size() == 1:
         return None
     return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[None]:
+    """For a command that runs on every rank under torchrun: a process group (gloo on CPU, NCCL on
+    CUDA) unless there is one rank or one exists already; destroyed at the end if started here."""
+    import torch.distributed as dist
+
+    backend = distributed_backend()
+    started = backend is not None and not dist.is_initialized()
+    if started:
+        dist.init_process_group(backend=backend)
+    try:
+        yield
+    finally:
+        if started and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def train(config: ExperimentConfig) -> Trainer:

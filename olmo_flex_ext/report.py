@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .atomic import atomic_file, write_atomic
 
 __all__ = [
     "KINDS",
@@ -223,9 +224,7 @@ def model_row_fields(config: Any) -> Dict[str, Any]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def _plot(path: Path, draw: Any) -> None:
@@ -237,10 +236,9 @@ def _plot(path: Path, draw: Any) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     draw(ax)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def plot_curves(

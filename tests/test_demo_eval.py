@@ -20,14 +20,6 @@ from olmo_flex_ext.models import olmo2_dense
 EOS = 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared machine: one thread per process is fastest
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
     texts = list(english_documents(100)) + [p.text for p in math_problems(400, split="train")]
