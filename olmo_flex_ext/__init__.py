@@ -8,12 +8,13 @@ if TYPE_CHECKING:
     from olmo_core.nn.transformer import Transformer
 
 
-def load_model(path: str) -> "Transformer":
-    """An OLMo-core ``Transformer`` (CPU, float32, eval mode) from a model-only checkpoint or a
-    trainer ``stepN/`` directory; see :func:`olmo_flex_ext.checkpoint.load_model`."""
+def load_model(path: str, **kwargs) -> "Transformer":
+    """An OLMo-core ``Transformer`` (eval mode; CPU and float32 unless ``device=``/``dtype=``)
+    from a model-only checkpoint, a trainer ``stepN/`` directory or a run folder; see
+    :func:`olmo_flex_ext.checkpoint.load_model`."""
     from .checkpoint import load_model as _load_model
 
-    return _load_model(path)
+    return _load_model(path, **kwargs)
 
 
 __all__ = ["load_model", "__version__"]

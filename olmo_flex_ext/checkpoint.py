@@ -13,7 +13,6 @@ converting or pruning a 7B checkpoint needs memory for about one tensor, not the
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import WriteItem
 
+from .atomic import move_into_place
 from .errors import UserError
 
 __all__ = [
@@ -141,13 +141,7 @@ class atomic_output_dir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        old = None
-        if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        move_into_place(self.tmp, self.out)
 
 
 def save_model(
@@ -311,11 +305,29 @@ def load_state_dict(model: Transformer, path: Union[str, Path]) -> None:
     load_model_and_optim_state(str(weights_dir(path)), model)
 
 
-def load_model(path: Union[str, Path]) -> Transformer:
-    """An OLMo-core ``Transformer`` on CPU in float32 and eval mode from a checkpoint directory."""
-    model = read_model_config(path).build(init_device="cpu")
+def load_model(
+    path: Union[str, Path],
+    *,
+    device: Union[str, torch.device, None] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> Transformer:
+    """An OLMo-core ``Transformer`` in eval mode from a checkpoint directory, on ``device``
+    (default CPU) with weights in ``dtype`` (default float32).
+
+    The model is built on the meta device and its weights are read straight into their place, so
+    nothing is initialised only to be overwritten (a 7B teacher loads at the cost of its weights);
+    a model with non-persistent buffers is built on ``device`` instead.
+    """
+    config = read_model_config(path)
+    model = config.build(init_device="meta")
+    saved = set(model.state_dict())
+    if any(name not in saved for name, _ in model.named_buffers()):
+        # a non-persistent buffer is not in the checkpoint: it needs its constructor's values
+        model = config.build(init_device=str(device or "cpu"))
+    else:
+        model.to_empty(device=device or "cpu")
     load_state_dict(model, path)
-    return model.float().eval()
+    return model.to(dtype=dtype or torch.float32).eval()
 
 
 def list_steps(save_folder: Union[str, Path]) -> List[int]:

@@ -12,8 +12,6 @@ import importlib
 import sys
 from typing import List, Optional
 
-from .errors import user_errors
-
 # Modules that add subcommands, in the order they appear in --help.
 COMMAND_MODULES: List[str] = [
     "olmo_flex_ext.commands",
@@ -39,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .errors import user_errors
+
     args = build_parser().parse_args(argv)
     with user_errors():
         return int(args.run(args) or 0)

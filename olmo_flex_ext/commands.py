@@ -39,8 +39,9 @@ def _models(args) -> int:
         return 0
     for name in model_names():
         if "<" in name:
-            console.print(f"{name}")
+            console.print(name, markup=False)
             continue
-        config = get_model_config(name)
-        console.print(f"{name:<12} {config.num_params / 1e9:7.3f}B params")
+        n = get_model_config(name).num_params
+        size = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+        console.print(f"{name:<26} {size:>8} params ({n:,d})", markup=False)
     return 0

@@ -7,19 +7,22 @@ Train configs (``train_configs/*.py``) define ``build_config()`` returning an
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
+import yaml
 from olmo_core.data import NumpyDataLoaderConfig, NumpyDatasetConfig
 from olmo_core.exceptions import OLMoConfigurationError
+from olmo_core.io import is_url
 from olmo_core.nn.transformer import TransformerConfig
 from olmo_core.script_utils import ExperimentConfig as OLMoExperimentConfig
-from olmo_core.train import TrainerConfig
+from olmo_core.train import Trainer, TrainerConfig
 from olmo_core.train.callbacks import ConfigSaverCallback
 from olmo_core.train.train_module import TransformerTrainModuleConfig
 from olmo_core.utils import seed_all
@@ -33,6 +36,9 @@ __all__ = [
     "train",
     "world_size",
     "check_parallelism",
+    "parse_override",
+    "distributed_backend",
+    "process_group",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,21 @@ class ExperimentConfig(OLMoExperimentConfig):
     init_seed: int = 12536
     load_path: Optional[str] = None
     freeze_params: Optional[List[str]] = None
+
+    def merge(self, dotlist: List[str], prefix: Optional[str] = None, strict: bool = True):
+        """Apply ``--a.b.c=value`` overrides (values are YAML) and return a new config.
+
+        Unlike the inherited ``Config.merge`` this reaches into integer-keyed dicts such as
+        ``model.block_overrides`` (``--model.block_overrides.3.feed_forward_moe.expert_widths=[..]``)
+        and names the first unknown key instead of raising a bare ``KeyError``.
+        """
+        if prefix is not None or not strict:
+            return super().merge(dotlist, prefix=prefix, strict=strict)
+        data = self.as_dict(include_class_name=True, include_registered_name=True)
+        for item in dotlist:
+            key, value = parse_override(item)
+            set_dotted(data, key, value, item)
+        return self.from_dict(data)
 
 
 def load_experiment(path: str, overrides: Optional[List[str]] = None) -> ExperimentConfig:
@@ -88,9 +109,11 @@ def load_experiment(path: str, overrides: Optional[List[str]] = None) -> Experim
 
 
 def resolve_model(config: ExperimentConfig, source: str = "the experiment") -> ExperimentConfig:
-    """Complete a config built with ``model=None`` or with ``freeze_params``: take the model config
-    from the checkpoint the run starts from, add ``freeze_params`` to it. ``source`` names the
-    config in errors. Returns ``config`` (changed in place)."""
+    """Complete a config (from a train config file, or built in code): the dataset's index cache
+    in the run folder, the model config from the checkpoint the run starts from when ``model`` is
+    None, ``freeze_params`` added to the model's. ``source`` names the config in errors. Returns
+    ``config`` (changed in place)."""
+    set_dataset_work_dir(config)
     if config.model is None:
         config.model = _model_from_checkpoint(config, source)
         # What the checkpoint's own run froze (e.g. all but one expert) is not this run's choice.
@@ -106,6 +129,62 @@ def resolve_model(config: ExperimentConfig, source: str = "the experiment") -> E
         config.model = config.model.copy()
         config.model.freeze_params = list(dict.fromkeys((config.model.freeze_params or []) + extra))
     return config
+
+
+def set_dataset_work_dir(config: ExperimentConfig) -> None:
+    """Put the dataset's index cache in the run folder when the config leaves it unset (OLMo-core
+    would use the shared temp dir, where runs over different data can collide)."""
+    folder = config.trainer.save_folder
+    if getattr(config.dataset, "work_dir", "") is None and not is_url(folder):
+        config.dataset.work_dir = f"{folder}/dataset-cache"
+
+
+def parse_override(item: str) -> Tuple[str, Any]:
+    """``--a.b=1`` -> ``("a.b", 1)``, the value parsed as YAML (a bare ``--flag`` is ``true``),
+    the same syntax as OLMo-core's dotlists."""
+    name, sep, raw = item.partition("=")
+    name = name.strip(" -").replace("-", "_")
+    if not name:
+        raise OLMoConfigurationError(f"override {item!r} names no field; use --a.b=value")
+    if not sep:
+        return name, True
+    return name, (yaml.safe_load(raw) if raw.strip() else "")
+
+
+def set_dotted(data: Any, key: str, value: Any, item: str) -> None:
+    """Set ``data[k1][k2]...= value`` for ``key = "k1.k2..."``; a segment matches a dict key as a
+    string or as an integer, or a list index. The last segment may add a new dict key."""
+    parts = key.split(".")
+    node = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise OLMoConfigurationError(
+                    f"override {item!r}: {'.'.join(parts[:depth]) or 'config'} is a list of "
+                    f"{len(node)} entries; {part!r} is not an index into it"
+                )
+            slot: Any = int(part)
+        elif isinstance(node, dict):
+            if part in node or last and not (part.isdigit() and int(part) in node):
+                slot = part
+            elif part.isdigit() and int(part) in node:
+                slot = int(part)
+            else:
+                where = ".".join(parts[:depth]) or "the experiment config"
+                known = ", ".join(sorted(str(k) for k in node if k != "_CLASS_"))
+                raise OLMoConfigurationError(
+                    f"override {item!r}: {where} has no field {part!r} (it has: {known})"
+                )
+        else:
+            where = ".".join(parts[:depth])
+            raise OLMoConfigurationError(
+                f"override {item!r}: {where} is a value ({node!r}), not a config with fields"
+            )
+        if last:
+            node[slot] = value
+        else:
+            node = node[slot]
 
 
 def _model_from_checkpoint(config: ExperimentConfig, path: str) -> TransformerConfig:
@@ -125,19 +204,37 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def check_parallelism(config: ExperimentConfig) -> None:
-    """Refuse multi-rank runs without data parallelism (gradients would never be synchronised);
-    drop data parallelism for single-process runs, where OLMo-core refuses it."""
-    dp = getattr(config.train_module, "dp_config", None)
-    if world_size() > 1 and dp is None:
+def check_parallelism(config: ExperimentConfig, ranks: Optional[int] = None) -> None:
+    """Refuse multi-rank runs without data parallelism (gradients would never be synchronised)
+    and batch sizes the ranks cannot split (OLMo-core only finds out after building everything);
+    drop data parallelism for single-process runs, where OLMo-core refuses it.
+    ``ranks`` defaults to this launch's world size (``WORLD_SIZE``)."""
+    tm = config.train_module
+    dp = getattr(tm, "dp_config", None)
+    ranks = ranks or world_size()
+    if ranks > 1 and dp is None:
         raise OLMoConfigurationError(
-            f"{world_size()} ranks but train_module.dp_config is None, so gradients would never be "
-            "synchronised; set it, e.g. --train_module.dp_config.name=fsdp (or ddp/hsdp), or run "
-            "one rank"
+            f"{ranks} ranks but train_module.dp_config is None, so gradients would never be "
+            "synchronised; set it, e.g. --train_module.dp_config='{name: fsdp}' (or ddp/hsdp), "
+            "or run one rank"
         )
-    if world_size() == 1 and dp is not None:
+    if ranks == 1 and dp is not None:
         log.info("Single process: data parallelism (%s) is not used", dp.name)
-        config.train_module.dp_config = None
+        tm.dp_config = None
+    model_parallel = any(
+        getattr(tm, name, None) is not None for name in ("tp_config", "cp_config", "pp_config")
+    )
+    micro = getattr(tm, "rank_microbatch_size", None)
+    batch = config.data_loader.global_batch_size
+    if not model_parallel and micro and batch % (micro * ranks) != 0:
+        seq = getattr(config.dataset, "sequence_length", None) or micro
+        raise OLMoConfigurationError(
+            f"global batch of {batch:,d} tokens cannot be split into micro-batches of {micro:,d} "
+            f"tokens on {ranks} ranks; make --data_loader.global_batch_size a multiple of "
+            f"{micro * ranks:,d} (e.g. {-(-batch // (micro * ranks)) * micro * ranks:,d} = "
+            f"{-(-batch // (micro * ranks)) * micro * ranks // seq} sequences of {seq}), lower "
+            "--train_module.rank_microbatch_size, or change the number of ranks"
+        )
 
 
 def distributed_backend() -> Optional[str]:
@@ -147,8 +244,27 @@ def distributed_backend() -> Optional[str]:
     return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
 
 
-def train(config: ExperimentConfig) -> None:
-    """Build every component and train, resuming from the run folder's latest checkpoint if any."""
+@contextlib.contextmanager
+def process_group() -> Iterator[None]:
+    """For a command that runs on every rank under torchrun: a process group (gloo on CPU, NCCL on
+    CUDA) unless there is one rank or one exists already; destroyed at the end if started here."""
+    import torch.distributed as dist
+
+    backend = distributed_backend()
+    started = backend is not None and not dist.is_initialized()
+    if started:
+        dist.init_process_group(backend=backend)
+    try:
+        yield
+    finally:
+        if started and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(config: ExperimentConfig) -> Trainer:
+    """Build every component and train, resuming from the run folder's latest checkpoint if any.
+    Returns the trainer (its ``train_module.model`` holds the trained weights)."""
+    set_dataset_work_dir(config)
     seed_all(config.init_seed)
     model = config.model.build(init_device="meta")
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -161,9 +277,24 @@ def train(config: ExperimentConfig) -> None:
         if isinstance(callback, ConfigSaverCallback):  # also hands the config to W&B
             callback.config = config.as_config_dict()
 
-    if not trainer.maybe_load_checkpoint() and config.load_path:
+    resumed = trainer.maybe_load_checkpoint()
+    if not resumed and config.load_path:
         init = resolve_checkpoint(config.load_path)
         check_shapes(init, shapes)
         log.info("Fresh run: loading initial weights from %s", init)
         trainer.load_checkpoint(str(init), load_trainer_state=False, load_optim_state=False)
+    if resumed and finished(trainer):
+        # Trainer.fit() on a finished multi-rank run can deadlock (its cancel check and first
+        # metrics reduction race on one process group), and there is nothing left to do.
+        log.info("The run in %s already finished (step %d)", config.trainer.save_folder, trainer.global_step)
+        return trainer
     trainer.fit()
+    return trainer
+
+
+def finished(trainer: Trainer) -> bool:
+    """Whether the trainer has reached its max duration (or hard stop)."""
+    now = dict(step=trainer.global_step, tokens=trainer.global_train_tokens_seen, epoch=trainer.epoch)
+    return trainer.max_duration.due(**now) or (
+        trainer.hard_stop is not None and trainer.hard_stop.due(**now)
+    )

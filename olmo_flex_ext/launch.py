@@ -17,7 +17,7 @@ from rich.console import Console
 
 from .errors import user_errors
 
-__all__ = ["main", "describe", "describe_model"]
+__all__ = ["main", "describe", "describe_model", "cpu_threads"]
 
 
 def describe(config) -> str:
@@ -25,13 +25,17 @@ def describe(config) -> str:
     return describe_model(config.model)
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+
+
 def describe_model(model) -> str:
     """Parameter counts and expert widths per layer of a model config."""
     from .models import expert_widths_per_layer
 
     lines = [
-        f"total params:  {model.num_params / 1e9:.2f}B ({model.num_params:,d})",
-        f"active params: {model.num_active_params / 1e9:.2f}B ({model.num_active_params:,d})",
+        f"total params:  {_size(model.num_params)} ({model.num_params:,d})",
+        f"active params: {_size(model.num_active_params)} ({model.num_active_params:,d})",
     ]
     try:
         per_layer = expert_widths_per_layer(model)
@@ -45,6 +49,20 @@ def describe_model(model) -> str:
             runs.append(f"  layers {span}: {per_layer[start]}")
             start = i
     return "\n".join(lines + ["expert widths:"] + runs)
+
+
+def cpu_threads() -> None:
+    """On CPU, one thread per rank unless ``OMP_NUM_THREADS`` is set (torchrun's default too).
+
+    The tiny CPU models gain nothing from more threads, and on a busy machine several threads per
+    process made a 200-step run 6x slower; one process behaves like one torchrun rank.
+    """
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
 
 
 def parse_args(argv: Optional[List[str]] = None):
@@ -74,6 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from .experiment import distributed_backend, train
 
+    cpu_threads()
     prepare_training_environment(backend=distributed_backend())
     try:
         with user_errors():

@@ -1,13 +1,14 @@
 """Building blocks of train configs: one function assembles an :class:`ExperimentConfig` from the
 settings a user changes (model, data, batch sizes, learning rate, run folder, W&B project).
 
-Train configs in ``train_configs/`` call :func:`flex_experiment` and add what their run needs
-(pruning, distillation); every setting stays overridable from the command line.
+Train configs in ``train_configs/`` call :func:`flex_experiment` (or :func:`tiny_experiment` for the
+CPU ones, or :func:`flex_math_7b`) and add what their run needs (pruning, distillation); every
+setting stays overridable from the command line.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from olmo_core.data import NumpyDataLoaderConfig, NumpyFSLDatasetConfig, TokenizerConfig
 from olmo_core.data.types import NumpyDatasetDType
@@ -15,17 +16,25 @@ from olmo_core.distributed.parallel import DataParallelType
 from olmo_core.nn.transformer import TransformerConfig
 from olmo_core.optim import AdamWConfig, CosWithWarmup
 from olmo_core.train import Duration, TrainerConfig
-from olmo_core.train.callbacks import Callback, CheckpointerCallback, ConfigSaverCallback
+from olmo_core.train.callbacks import Callback, ConfigSaverCallback
 from olmo_core.train.train_module import (
     TransformerDataParallelConfig,
     TransformerTrainModuleConfig,
 )
 
-from .callbacks import FlexWandBCallback
+from .callbacks import FlexCheckpointerCallback, FlexWandBCallback, MetricsLogCallback
 from .data.tokens import token_dtype
 from .experiment import ExperimentConfig
 
-__all__ = ["flex_experiment", "fsdp", "TINY_TOKENIZER"]
+__all__ = [
+    "flex_experiment",
+    "tiny_experiment",
+    "tiny_data",
+    "flex_math_7b",
+    "data_root",
+    "fsdp",
+    "TINY_TOKENIZER",
+]
 
 TINY_TOKENIZER = TokenizerConfig(vocab_size=512, eos_token_id=0, pad_token_id=1)
 """Tokenizer of the synthetic tiny data (ids 0..511, EOS 0)."""
@@ -66,7 +75,7 @@ def flex_experiment(
         sequence_length=sequence_length,
         tokenizer=tokenizer,
         dtype=NumpyDatasetDType(token_dtype(tokenizer.padded_vocab_size()).__name__),
-        work_dir=f"{save_folder}/dataset-cache",
+        work_dir=None,  # load_experiment puts it in the (possibly overridden) save folder
     )
     data_loader = NumpyDataLoaderConfig(
         global_batch_size=global_batch_tokens, seed=seed, num_workers=0
@@ -80,17 +89,17 @@ def flex_experiment(
         dp_config=fsdp(),
     )
     callbacks: Dict[str, Callback] = {
-        "checkpointer": CheckpointerCallback(
+        "checkpointer": FlexCheckpointerCallback(
             save_interval=save_interval,
             ephemeral_save_interval=ephemeral_save_interval,
             save_async=False,
         ),
         "config_saver": ConfigSaverCallback(),
+        "metrics_log": MetricsLogCallback(),  # run folder's metrics.jsonl: every logged step
         "wandb": FlexWandBCallback(
             enabled=wandb_project is not None,
             project=wandb_project,
             name=wandb_name,
-            cancel_tags=None,
         ),
     }
     callbacks.update(extra_callbacks or {})
@@ -121,6 +130,52 @@ def data_root(default: str) -> str:
     import os
 
     return os.environ.get(DATA_ROOT_ENV, default)
+
+
+TINY_SEQ = 128
+"""Sequence length of the tiny configs."""
+
+
+def tiny_data(name: str = "synthetic", seed: int = 0) -> List[str]:
+    """Synthetic token files of the tiny configs (made on first use) under
+    ``$OLMO_FLEX_DATA_ROOT`` (default ``runs/data``)``/name``; another ``seed`` is another
+    bigram chain, i.e. another "domain"."""
+    from .data.synthetic import ensure_synthetic_tokens
+
+    root = data_root("runs/data")
+    return ensure_synthetic_tokens(f"{root}/{name}", vocab_size=TINY_TOKENIZER.vocab_size, seed=seed)
+
+
+def tiny_experiment(
+    name: str,
+    *,
+    model: Optional[TransformerConfig],
+    steps: int,
+    lr: float,
+    save_interval: int,
+    warmup_steps: int = 5,
+    **settings: Any,
+) -> ExperimentConfig:
+    """:func:`flex_experiment` with the tiny CPU settings: the synthetic data (:func:`tiny_data`),
+    sequences of 128 tokens, 8 per step in micro-batches of 4, run folder ``runs/<name>``, W&B
+    project ``olmo-flex-tiny``. ``settings`` are any other :func:`flex_experiment` arguments
+    (``load_path``, ``extra_callbacks``, ...); ``model=None`` takes it from the checkpoint."""
+    return flex_experiment(
+        model=model,  # type: ignore[arg-type]  # None: read from the checkpoint by load_experiment
+        data_paths=tiny_data(),
+        tokenizer=TINY_TOKENIZER,
+        save_folder=f"runs/{name}",
+        sequence_length=TINY_SEQ,
+        global_batch_tokens=8 * TINY_SEQ,
+        microbatch_tokens=4 * TINY_SEQ,
+        max_duration=Duration.steps(steps),
+        lr=lr,
+        warmup_steps=warmup_steps,
+        save_interval=save_interval,
+        wandb_project="olmo-flex-tiny",
+        wandb_name=name.replace("_", "-"),
+        **settings,
+    )
 
 
 def flex_math_7b(

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .atomic import atomic_file, write_atomic
 
 __all__ = [
     "KINDS",
@@ -207,7 +208,7 @@ def markdown_table(rows: Sequence[ResultRow]) -> str:
 
 def _widths_text(w: Widths) -> str:
     if w and isinstance(w[0], list):
-        domain = [x[1:] for x in w]  # type: ignore[index]
+        domain = ", ".join("+".join(str(v) for v in x[1:]) for x in w)  # type: ignore[index]
         return f"{w[0][0]} + per layer {domain}"  # type: ignore[index]
     return " + ".join(str(x) for x in w)
 
@@ -235,9 +236,7 @@ def model_row_fields(config: Any) -> Dict[str, Any]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def _plot(path: Path, draw: Any) -> None:
@@ -249,10 +248,9 @@ def _plot(path: Path, draw: Any) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     draw(ax)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def plot_curves(
@@ -300,6 +298,7 @@ def plot_widths(path: Path, widths: Mapping[str, Sequence[int]]) -> None:
         for label, per_layer in widths.items():
             ax.plot(range(len(per_layer)), per_layer, marker="o", label=label)
         ax.set(title="math expert width per layer", xlabel="layer", ylabel="width")
+        ax.set_xticks(range(max(len(v) for v in widths.values())))
         ax.legend()
         ax.grid(alpha=0.3)
 

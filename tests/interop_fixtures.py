@@ -5,20 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import pytest
 import torch
 
 VOCAB = 128
 D_MODEL = 32
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny matmuls run fastest on one thread (and far faster than with two on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

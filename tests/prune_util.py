@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import List, Sequence
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -16,9 +15,11 @@ from olmo_flex_ext.data.tokens import TokenFiles
 from olmo_flex_ext.models import tiny_flex
 
 
-def tiny_model(widths: Sequence[int], top_k=None, seed: int = 0, d_model: int = 32, n_heads: int = 2):
+def tiny_model(
+    widths: Sequence[int], top_k=None, seed: int = 0, d_model: int = 32, n_heads: int = 2, **shape
+):
     torch.manual_seed(seed)
-    config = tiny_flex(list(widths), top_k=top_k, d_model=d_model, n_heads=n_heads)
+    config = tiny_flex(list(widths), top_k=top_k, d_model=d_model, n_heads=n_heads, **shape)
     model = config.build(init_device="cpu")
     # Larger expert weights than the init so that neurons differ clearly in importance.
     with torch.no_grad():
@@ -51,12 +52,3 @@ def lm_loss(model, tokens: torch.Tensor) -> float:
     with torch.no_grad():
         logits = model(tokens[:, :-1])
         return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)))
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run faster on one thread, and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

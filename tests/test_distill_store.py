@@ -25,14 +25,6 @@ from olmo_flex_ext.recipes import TINY_TOKENIZER
 SEQ, K, CHUNK = 64, 16, 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared: one thread per process is fastest
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
@@ -104,7 +96,7 @@ def test_resume_after_interruption_is_identical(env, tmp_path):
     with pytest.raises(TopKStoreError, match="other settings"):
         generate_store(env["teacher"], env["data"], **{**kw, "k": 8})
     # finish on two ranks through the command line
-    env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env_vars = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            "-m", "olmo_flex_ext.cli", "logprobs", str(env["teacher"]), "--data",
            ",".join(env["data"]), "--seq-len", str(SEQ), "--top-k", str(K), "--out", str(out),

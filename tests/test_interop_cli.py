@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import pytest
-from interop_fixtures import (  # noqa: F401  (single_thread is an autouse fixture)
+from interop_fixtures import (
     hf_flex,
     hf_olmo2,
     randomize,
-    single_thread,
 )
 from safetensors.torch import load_file, save_file
 

@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
-from interop_fixtures import (  # noqa: F401  (single_thread is an autouse fixture)
+from interop_fixtures import (
     hf_flex,
     hf_logits,
     load_hf,
     max_diff,
     our_logits,
     randomize,
-    single_thread,
     tokens,
 )
 from safetensors import safe_open

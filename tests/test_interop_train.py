@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from interop_fixtures import (  # noqa: F401  (single_thread is an autouse fixture)
+from interop_fixtures import (
     hf_flex,
     hf_logits,
     load_hf,
     max_diff,
     our_logits,
-    single_thread,
     tokens,
 )
 
@@ -24,7 +23,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "train_configs" / "tiny_from_chec
 
 
 def _launch(tmp_path, run, *overrides):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     argv = [
         sys.executable, "-m", "olmo_flex_ext.launch", str(CONFIG),
         f"--trainer.save_folder={run}",

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from interop_fixtures import (  # noqa: F401  (single_thread is an autouse fixture)
+from interop_fixtures import (
     D_MODEL,
     VOCAB,
     hf_flex,
@@ -12,7 +12,6 @@ from interop_fixtures import (  # noqa: F401  (single_thread is an autouse fixtu
     max_diff,
     our_logits,
     randomize,
-    single_thread,
     tokens,
 )
 from olmo_core.nn.feed_forward import FeedForwardConfig

@@ -15,6 +15,7 @@ from prune_util import tiny_checkpoint
 
 from olmo_flex_ext.checkpoint import (
     iter_tensors,
+    load_model,
     read_model_config,
     resolve_checkpoint,
     tensor_shapes,
@@ -23,7 +24,7 @@ from olmo_flex_ext.data.synthetic import ensure_synthetic_tokens
 from olmo_flex_ext.data.tokens import TokenFiles
 from olmo_flex_ext.models import expert_widths_per_layer
 from olmo_flex_ext.prune.allocate import keep_indices
-from olmo_flex_ext.prune.importance import compute_importance, load_teacher
+from olmo_flex_ext.prune.importance import compute_importance
 from olmo_flex_ext.prune.scores import ImportanceScores
 from olmo_flex_ext.prune.slicing import prune_checkpoint
 
@@ -62,7 +63,7 @@ def test_callback_prunes_into_fsdp_student_and_resume_does_not_prune_again(tmp_p
     # scores from 2 ranks (each its share, then summed) == one process over all sequences
     calibration = ensure_synthetic_tokens(tmp_path / "data" / "synthetic", vocab_size=512)
     single = compute_importance(
-        load_teacher(teacher), TokenFiles(calibration, np.uint16), seq_len=128, num_seqs=8,
+        load_model(teacher), TokenFiles(calibration, np.uint16), seq_len=128, num_seqs=8,
         progress=False,
     )
     saved = ImportanceScores.load(prune_dir / "importance.safetensors")

@@ -7,20 +7,16 @@ import json
 
 import pytest
 import torch
-from prune_util import one_thread, tiny_checkpoint, token_files  # noqa: F401
+from prune_util import tiny_checkpoint, token_files
 
 from olmo_flex_ext.checkpoint import load_model, read_config
 from olmo_flex_ext.cli import main
 from olmo_flex_ext.models import expert_widths_per_layer
 from olmo_flex_ext.prune.scores import ImportanceScores
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("cli")
     ckpt = tiny_checkpoint(d / "ckpt", (64, 48))
     other = tiny_checkpoint(d / "other", (64, 48), seed=9)
@@ -35,7 +31,6 @@ def setup(tmp_path_factory):
     assert main(["importance", str(other), "--data", glob, *common, "--out", str(d / "other.safetensors")]) == 0
     assert main(["importance", str(narrow), "--data", glob, *common, "--out", str(d / "narrow.safetensors")]) == 0
     del data, data2
-    torch.set_num_threads(threads)
     return d
 
 

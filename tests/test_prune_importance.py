@@ -6,15 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from prune_util import batches, one_thread, tiny_checkpoint, tiny_model, token_files  # noqa: F401
+from prune_util import batches, tiny_checkpoint, tiny_model, token_files
 
 from olmo_flex_ext.data.tokens import TokenFiles
 from olmo_flex_ext.prune.importance import compute_importance
 from olmo_flex_ext.prune.scores import ImportanceScores, checkpoint_fingerprint, module_fingerprint
 
 SEQ, NSEQ = 32, 7
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def oracle_scores(model, tokens: torch.Tensor, method: str):

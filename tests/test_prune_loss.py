@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from prune_util import batches, lm_loss, one_thread, token_files  # noqa: F401
+from prune_util import batches, lm_loss, token_files
 
 from olmo_flex_ext.data.tokens import TokenFiles
 from olmo_flex_ext.models import tiny_flex
@@ -14,7 +14,6 @@ from olmo_flex_ext.prune import compute_importance, keep_indices, prune_model
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
 def test_loss_rises_as_width_shrinks(tmp_path):
     torch.manual_seed(0)
     paths = token_files(tmp_path / "data", tokens=32768)[:1]  # one bigram "domain"

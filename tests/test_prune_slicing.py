@@ -8,13 +8,11 @@ import json
 
 import pytest
 import torch
-from prune_util import one_thread, tiny_checkpoint, tiny_model  # noqa: F401
+from prune_util import tiny_checkpoint, tiny_model
 
 from olmo_flex_ext.checkpoint import iter_tensors, load_model, read_config, tensor_shapes
 from olmo_flex_ext.models import expert_widths_per_layer
 from olmo_flex_ext.prune.slicing import prune_checkpoint, prune_model, prune_state_dict
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_keep(widths_per_layer, new_widths_per_layer, seed=0):

@@ -1,44 +1,36 @@
-"""Distil the tiny FlexOlmo's domain expert pruned to width 32 from the unpruned model, on CPU:
-the same recipe as flex_math_*.py (top-k store, KL loss, only expert 1 and its router row train).
+"""The CPU twin of flex_math_*.py: the tiny FlexOlmo's domain expert pruned 96 -> 32 by the pruning
+callback (importance on the teacher, before step 1 of a fresh run), then distilled from the
+unpruned teacher's top-k store with only expert 1 and its router row training.
 
-    python -m olmo_flex_ext.launch train_configs/tiny_flex.py            # the teacher
-    olmo-flex logprobs runs/tiny_flex --data 'runs/data/synthetic/*.npy' --seq-len 128 \
-        --top-k 32 --out runs/tiny_flex_math_kd/store                    # its top-k store
-    # the student: the teacher with expert 1 pruned to 32 neurons, at runs/tiny_flex_math_kd/student
-    python -m olmo_flex_ext.launch train_configs/tiny_flex_math_kd.py
+    python -m olmo_flex_ext.launch train_configs/tiny_flex.py                 # the teacher
+    olmo-flex logprobs runs/tiny_flex --data 'runs/data/synthetic/*.npy' --seq-len 128 \\
+        --top-k 32 --out runs/tiny_flex_math_kd/store                         # its top-k store
+    python -m olmo_flex_ext.launch train_configs/tiny_flex_math_kd.py         # prune + distill
 
-Settings: ``--load_path`` (the pruned student; the model config, any widths, is read from it),
-``--dataset.topk_store``, ``--train_module.teacher_path``.
+Settings: ``--trainer.callbacks.prune.teacher`` (the checkpoint to prune) and
+``--train_module.teacher_path`` (the store must have been made from it; both default to
+``runs/tiny_flex``), ``--dataset.topk_store``. Alternatively ``--load_path=PRUNED`` starts from a
+checkpoint pruned offline (``olmo-flex prune ... --widths 256,32``); the callback then does nothing.
+A student of another width: ``--model.block.feed_forward_moe.expert_widths=[256,48]``.
 """
 
-from olmo_core.train import Duration
-
-from olmo_flex_ext.data.synthetic import ensure_synthetic_tokens
 from olmo_flex_ext.distill.recipe import with_distillation
-from olmo_flex_ext.recipes import TINY_TOKENIZER, data_root, flex_experiment
+from olmo_flex_ext.models import tiny_flex
+from olmo_flex_ext.prune.callback import PruneCallback
+from olmo_flex_ext.recipes import TINY_SEQ, tiny_data, tiny_experiment
 from olmo_flex_ext.train.trainable import train_only_experts
 
-RUN = "runs/tiny_flex_math_kd"
+TEACHER = "runs/tiny_flex"
+STORE = "runs/tiny_flex_math_kd/store"
 
 
 def build_config():
-    seq = 128
-    paths = ensure_synthetic_tokens(f"{data_root('runs/data')}/synthetic", vocab_size=512)
-    config = flex_experiment(
-        model=None,  # the pruned student's, read from load_path
-        data_paths=paths,
-        tokenizer=TINY_TOKENIZER,
-        save_folder=RUN,
-        sequence_length=seq,
-        global_batch_tokens=8 * seq,
-        microbatch_tokens=4 * seq,
-        max_duration=Duration.steps(200),
-        lr=3e-3,
-        warmup_steps=5,
-        save_interval=50,
-        wandb_project="olmo-flex-tiny",
-        wandb_name="tiny-flex-math-kd",
-        load_path=f"{RUN}/student",
+    prune = PruneCallback(
+        teacher=TEACHER, calibration=tiny_data(), seq_len=TINY_SEQ, num_seqs=64, batch_size=8
     )
-    config = with_distillation(config, store=f"{RUN}/store", teacher_path="runs/tiny_flex")
+    config = tiny_experiment(
+        "tiny_flex_math_kd", model=tiny_flex([256, 32]), steps=200, lr=3e-3, save_interval=50,
+        extra_callbacks={"prune": prune},
+    )
+    config = with_distillation(config, store=STORE, teacher_path=TEACHER)
     return train_only_experts(config, experts=[1], train_router=True)

@@ -7,26 +7,12 @@ example one made with ``olmo-flex merge ... --out runs/tiny_merged``).
 The model's vocabulary must cover the synthetic data's 512 token ids.
 """
 
-from olmo_core.train import Duration
-
-from olmo_flex_ext.compose import router_experiment
-from olmo_flex_ext.data.synthetic import ensure_synthetic_tokens
-from olmo_flex_ext.recipes import TINY_TOKENIZER, data_root
+from olmo_flex_ext.compose import router_only_experiment
+from olmo_flex_ext.recipes import tiny_experiment
 
 
 def build_config():
-    seq = 128
-    paths = ensure_synthetic_tokens(f"{data_root('runs/data')}/synthetic", vocab_size=512)
-    return router_experiment(
-        data_paths=paths,
-        tokenizer=TINY_TOKENIZER,
-        save_folder="runs/tiny_flex_router",
-        sequence_length=seq,
-        global_batch_tokens=8 * seq,
-        microbatch_tokens=4 * seq,
-        max_duration=Duration.steps(50),
-        lr=1e-2,
-        save_interval=25,
-        wandb_project="olmo-flex-tiny",
-        wandb_name="tiny-flex-router",
+    config = tiny_experiment(
+        "tiny_flex_router", model=None, steps=50, lr=1e-2, warmup_steps=0, save_interval=25
     )
+    return router_only_experiment(config)

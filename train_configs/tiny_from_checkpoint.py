@@ -9,27 +9,11 @@ the starting point: running the same command again resumes from this run's own c
 The model's vocabulary must cover the synthetic data's 512 token ids.
 """
 
-from olmo_core.train import Duration
-
-from olmo_flex_ext.data.synthetic import ensure_synthetic_tokens
-from olmo_flex_ext.recipes import TINY_TOKENIZER, data_root, flex_experiment
+from olmo_flex_ext.recipes import tiny_experiment
 
 
 def build_config():
-    seq = 128
-    paths = ensure_synthetic_tokens(f"{data_root('runs/data')}/synthetic", vocab_size=512)
-    return flex_experiment(
-        model=None,  # taken from --load_path (or from this run's checkpoints when resuming)
-        data_paths=paths,
-        tokenizer=TINY_TOKENIZER,
-        save_folder="runs/tiny_from_checkpoint",
-        sequence_length=seq,
-        global_batch_tokens=8 * seq,
-        microbatch_tokens=4 * seq,
-        max_duration=Duration.steps(50),
-        lr=1e-3,
-        warmup_steps=2,
-        save_interval=10,
-        wandb_project="olmo-flex-tiny",
-        wandb_name="tiny-from-checkpoint",
+    # model=None: taken from --load_path (or from this run's checkpoints when resuming)
+    return tiny_experiment(
+        "tiny_from_checkpoint", model=None, steps=50, lr=1e-3, warmup_steps=2, save_interval=10
     )

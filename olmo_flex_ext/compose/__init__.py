@@ -5,11 +5,10 @@ router-only training. Functions the demo and users call:
   :func:`opt_out` (in place on a built model), :func:`with_opt_out` (on a config);
 - :func:`compute_domain_embeddings` (``olmo-flex domain-embed``), :func:`save_domain_embeddings`
   (vectors from any embedder), :func:`load_domain_embeddings`;
-- :func:`router_only` / :func:`router_experiment` (FlexOlmo's router-training "RT" variant).
+- :func:`router_only` / :func:`router_experiment` / :func:`router_only_experiment` (FlexOlmo's router-training "RT" variant).
 """
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 # Name -> submodule; imported on first use so that `olmo-flex --help` (which imports
 # olmo_flex_ext.compose.commands) does not pay for torch and OLMo-core.
@@ -32,16 +31,11 @@ _EXPORTS = {
     "ROUTER_ONLY_FREEZE": "router_training",
     "RouterOnlyCheck": "router_training",
     "router_experiment": "router_training",
+    "router_only_experiment": "router_training",
     "router_only": "router_training",
     "router_only_patterns": "router_training",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Dict, List
 
+from ..cli_args import add_checkpoint, add_overwrite, add_token_data, int_list
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "expert of any width, into one model: public expert first, then each input's domain "
         "expert in the order given. Refuses (naming the tensor) if shared weights differ.",
     )
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="2-expert checkpoints (model-only, trainer stepN/ or run folder)")
     p.add_argument("--top-k", type=int, required=True, help="experts per token in the merged model")
     p.add_argument("--out", required=True, help="output model-only checkpoint directory")
     p.add_argument(
@@ -24,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="domain embeddings files (olmo-flex domain-embed) for the router rows: one per "
         "expert (public first) or one per input",
     )
-    p.add_argument("--overwrite", action="store_true")
+    add_overwrite(p)
     p.set_defaults(run=_merge)
 
     p = sub.add_parser(
@@ -33,11 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write CKPT with experts switched off. By default the weights are copied and "
         "the config records the opt-out (reversible with --experts none); --drop removes them.",
     )
-    p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument("--experts", required=True, help="expert ids, e.g. 2 or 1,3; 'none' for all on")
+    add_checkpoint(p)
+    p.add_argument("--experts", required=True, type=_expert_ids,
+                   help="expert ids, e.g. 2 or 1,3; 'none' for all on")
     p.add_argument("--out", required=True, help="output model-only checkpoint directory")
     p.add_argument("--drop", action="store_true", help="remove the experts' weights")
-    p.add_argument("--overwrite", action="store_true")
+    add_overwrite(p)
     p.set_defaults(run=_opt_out)
 
     p = sub.add_parser(
@@ -46,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="For each domain (token files), the mean over tokens of every MoE layer's "
         "input under CKPT's model; merge --router-from uses them as router rows.",
     )
-    p.add_argument("checkpoint", metavar="CKPT")
+    add_checkpoint(p)
     p.add_argument(
         "--data",
         action="append",
@@ -54,13 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="[NAME=]GLOB",
         help="token files of one domain; repeat for several domains (in expert order)",
     )
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--num-seqs", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", choices=["uint16", "uint32"], help="token dtype (default from vocab)")
+    add_token_data(p, data=False, seq_len=2048, num_seqs=256, batch_size=8)
     p.add_argument("--normalize", action="store_true", help="scale each vector to unit L2 norm")
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--overwrite", action="store_true")
+    add_overwrite(p)
     p.set_defaults(run=_domain_embed)
 
 
@@ -78,21 +79,15 @@ def _merge(args) -> int:
     return 0
 
 
-def _parse_experts(text: str) -> List[int]:
-    from ..errors import UserError
-
-    if text.strip().lower() in ("none", ""):
-        return []
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise UserError(f"--experts {text!r}: give expert ids separated by commas, e.g. 2 or 1,3") from None
+def _expert_ids(text: str) -> List[int]:
+    """``--experts``: expert ids like 2 or 1,3; ``none`` switches every expert back on."""
+    return [] if text.strip().lower() in ("none", "") else int_list(text)
 
 
 def _opt_out(args) -> int:
     from .optout import write_opt_out
 
-    experts = _parse_experts(args.experts)
+    experts = args.experts
     out = write_opt_out(args.checkpoint, args.out, experts, drop=args.drop, overwrite=args.overwrite)
     verb = "dropped" if args.drop else "switched off"
     print(f"experts {experts or 'none'} {verb} -> {out}")

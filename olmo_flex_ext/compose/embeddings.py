@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -25,8 +24,9 @@ import torch
 from olmo_core.nn.transformer import Transformer
 from safetensors.torch import load_file, save_file
 
+from ..atomic import atomic_file
 from ..errors import UserError
-from ._progress import progress_bar
+from ..progress import progress_bar
 
 __all__ = [
     "DomainEmbeddings",
@@ -92,12 +92,12 @@ def mean_router_inputs(
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        with torch.no_grad(), progress_bar(progress, transient=True) as bar:
-            task = bar.add_task(description, total=len(batches))
+        bar = progress_bar(description, len(batches), unit="batches", enabled=progress, transient=True)
+        with torch.no_grad(), bar as advance:
             for ids in batches:
                 model(ids.to(device))
                 count += ids.numel()
-                bar.advance(task)
+                advance()
         model.train(was_training)
     finally:
         for h in handles:
@@ -185,18 +185,11 @@ def save_domain_embeddings(
 
     out = Path(path)
     check_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {n: v.float().contiguous() for n, v in zip(embeddings.names, embeddings.vectors)}
     metadata = {"names": json.dumps(embeddings.names)}
     metadata.update({k: json.dumps(v) for k, v in embeddings.info.items()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(out) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return out
 
 

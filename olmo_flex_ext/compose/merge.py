@@ -35,7 +35,7 @@ from ..checkpoint import (
 )
 from ..errors import UserError
 from ..models import expert_widths_per_layer, with_expert_widths
-from ._progress import progress_bar
+from ..progress import progress_bar
 from .configs import with_opt_out, with_top_k
 from .embeddings import DomainEmbeddings, load_domain_embeddings
 
@@ -257,17 +257,16 @@ def merge_experts(
     out_specs = tensor_specs_of(config, specs)
     router_public = emb is None or len(emb) == len(parsed)
 
-    with progress_bar(progress) as bar:
-        task = bar.add_task("checking shared weights", total=len(names))
-        _verify_shared(parsed, names, router_public, lambda: bar.advance(task))
-        write = bar.add_task("writing merged model", total=len(names))
+    with progress_bar("checking shared weights", len(names), unit="tensors", enabled=progress) as tick:
+        _verify_shared(parsed, names, router_public, tick)
+    with progress_bar("writing merged model", len(names), unit="tensors", enabled=progress) as tick:
 
         def lazy(name: str) -> LazyTensor:
             shape, dtype = out_specs[name]
 
             def load() -> torch.Tensor:
                 t = _merged_tensor(parsed, name, emb, d_model, dtype)
-                bar.advance(write)
+                tick()
                 return t
 
             return LazyTensor(shape, dtype, load)

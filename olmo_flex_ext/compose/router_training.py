@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatch
-from typing import List, Optional
+from typing import Any, List
 
-from olmo_core.data import TokenizerConfig
 from olmo_core.nn.transformer import TransformerConfig
-from olmo_core.train import Duration
 from olmo_core.train.callbacks import Callback
 
 from ..errors import UserError
@@ -27,6 +25,7 @@ __all__ = [
     "RouterOnlyCheck",
     "router_only",
     "router_only_patterns",
+    "router_only_experiment",
     "router_experiment",
 ]
 
@@ -72,44 +71,22 @@ class RouterOnlyCheck(Callback):
         _check_router_only([(n, p.requires_grad) for n, p in model.named_parameters()])
 
 
-def router_experiment(
-    *,
-    data_paths: List[str],
-    tokenizer: TokenizerConfig,
-    save_folder: str,
-    sequence_length: int,
-    global_batch_tokens: int,
-    microbatch_tokens: int,
-    max_duration: Duration,
-    lr: float,
-    load_path: Optional[str] = None,
-    warmup_steps: int = 0,
-    save_interval: int = 1000,
-    wandb_project: Optional[str] = "olmo-flex",
-    wandb_name: Optional[str] = None,
-):
+def router_only_experiment(config):
+    """Make an experiment config (an ``ExperimentConfig``) train only the routers of its model,
+    also a model it reads from ``load_path``: every other parameter family is frozen through the
+    experiment's ``freeze_params``, weight decay is 0 and :class:`RouterOnlyCheck` refuses to start
+    if anything but the routers would train. Returns it."""
+    config.freeze_params = list(dict.fromkeys((config.freeze_params or []) + ROUTER_ONLY_FREEZE))
+    config.train_module.optim.weight_decay = 0.0
+    config.trainer.callbacks["router_only_check"] = RouterOnlyCheck()
+    return config
+
+
+def router_experiment(**settings: Any):
     """An experiment that trains only the routers of the model it starts from (``load_path``,
-    usually given as ``--load_path=MERGED``; the model config is read from that checkpoint).
-    Weight decay is 0, so frozen weights stay bitwise unchanged."""
+    usually given as ``--load_path=MERGED``; the model config is read from that checkpoint):
+    :func:`~olmo_flex_ext.recipes.flex_experiment` with ``settings`` (data, batch sizes, lr, run
+    folder, W&B), then :func:`router_only_experiment`."""
     from ..recipes import flex_experiment
 
-    config = flex_experiment(
-        model=None,  # type: ignore[arg-type]  # taken from the checkpoint by load_experiment
-        data_paths=data_paths,
-        tokenizer=tokenizer,
-        save_folder=save_folder,
-        sequence_length=sequence_length,
-        global_batch_tokens=global_batch_tokens,
-        microbatch_tokens=microbatch_tokens,
-        max_duration=max_duration,
-        lr=lr,
-        warmup_steps=warmup_steps,
-        weight_decay=0.0,
-        save_interval=save_interval,
-        wandb_project=wandb_project,
-        wandb_name=wandb_name,
-        load_path=load_path,
-        extra_callbacks={"router_only_check": RouterOnlyCheck()},
-    )
-    config.freeze_params = list(ROUTER_ONLY_FREEZE)
-    return config
+    return router_only_experiment(flex_experiment(model=None, **settings))  # type: ignore[arg-type]

@@ -1,5 +1,18 @@
-"""Token data: reading OLMo-core token files, making the demo's small corpora, tokenizing JSONL."""
+"""Token data: reading OLMo-core token files, making the demo's small corpora, tokenizing JSONL.
 
-from .tokens import DTYPES, TokenFiles, Window, expand_paths, token_dtype
+Names are imported on first use so that ``olmo-flex --help`` does not load numpy or OLMo-core.
+"""
 
-__all__ = ["DTYPES", "TokenFiles", "Window", "expand_paths", "token_dtype"]
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "DTYPES": "tokens",
+    "TokenFiles": "tokens",
+    "Window": "tokens",
+    "expand_paths": "tokens",
+    "token_dtype": "tokens",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

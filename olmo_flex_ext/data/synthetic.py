@@ -12,6 +12,8 @@ from typing import List
 
 import numpy as np
 
+from ..atomic import write_atomic
+
 __all__ = ["bigram_tokens", "ensure_synthetic_tokens"]
 
 
@@ -49,8 +51,6 @@ def ensure_synthetic_tokens(
         path = d / f"part-{i:02d}.npy"
         if not path.exists():
             data = bigram_tokens(tokens_per_file, vocab_size, seed=seed * 1000 + i).astype(np.uint16)
-            tmp = d / f".{path.name}.{os.getpid()}.tmp"
-            data.tofile(tmp)
-            os.replace(tmp, path)
+            write_atomic(path, data)
         paths.append(str(path))
     return paths

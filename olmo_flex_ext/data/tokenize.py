@@ -29,6 +29,7 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, 
 
 import numpy as np
 
+from ..atomic import atomic_file, write_atomic
 from ..errors import UserError
 from .tokens import expand_paths, token_dtype
 
@@ -215,9 +216,7 @@ def _output_name(index: int, path: str) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def tokenize_jsonl(
@@ -363,21 +362,15 @@ def _expand_inputs(inputs: Union[str, Sequence[str]]) -> List[str]:
 def _tokenize_file(
     path: str, dest: Path, docs_per_chunk: int, pool: Optional[Any], on_bytes: Any
 ) -> Dict[str, Any]:
-    tmp = dest.with_name(f".{dest.name}.tmp")
     documents = tokens = 0
-    try:
-        with open(tmp, "wb") as f:
-            chunks = _chunks(path, docs_per_chunk)
-            results = (
-                pool.imap(_encode_chunk, chunks) if pool is not None else map(_encode_chunk, chunks)
-            )
-            for docs, bytes_read, array in results:
-                documents += docs
-                tokens += len(array)
-                f.write(array.tobytes())
-                on_bytes(bytes_read)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(dest) as tmp, open(tmp, "wb") as f:
+        chunks = _chunks(path, docs_per_chunk)
+        results = (
+            pool.imap(_encode_chunk, chunks) if pool is not None else map(_encode_chunk, chunks)
+        )
+        for docs, bytes_read, array in results:
+            documents += docs
+            tokens += len(array)
+            f.write(array.tobytes())
+            on_bytes(bytes_read)
     return {"documents": documents, "tokens": tokens}

@@ -36,7 +36,8 @@ def token_dtype(vocab_size: int, override: Optional[str] = None) -> type:
 def expand_paths(patterns: Union[str, Sequence[str]]) -> List[str]:
     """Sorted, de-duplicated files matching one or more globs (comma-separated also works)."""
     if isinstance(patterns, str):
-        patterns = [p for p in patterns.split(",") if p]
+        patterns = [patterns]
+    patterns = [p for pat in patterns for p in pat.split(",") if p]
     paths = sorted({p for pat in patterns for p in glob.glob(os.path.expanduser(pat))})
     paths = [p for p in paths if os.path.isfile(p)]
     if not paths:

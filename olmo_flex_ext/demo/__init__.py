@@ -11,10 +11,8 @@ Importing this package stays light (the CLI registers it); the pieces load on fi
 from __future__ import annotations
 
 import argparse
-from importlib import import_module
-from typing import Any
 
-from ..errors import UserError
+from ..lazy import lazy_exports
 
 __all__ = [
     "DemoConfig",
@@ -37,10 +35,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..errors import UserError
     from .main import run_demo
 
     for name in ("threads", "jobs"):

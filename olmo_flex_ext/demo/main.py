@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from rich.console import Console
 
+from ..atomic import write_atomic
 from ..errors import UserError
 from .config import demo_config, identity
 from .pipeline import Demo
@@ -49,9 +49,7 @@ def run_demo(
                 "use another --out directory or delete this one"
             )
     else:
-        tmp = root / ".demo.json.tmp"
-        tmp.write_text(json.dumps(identity(config), indent=2))
-        os.replace(tmp, settings)
+        write_atomic(settings, json.dumps(identity(config), indent=2))
     start = time.perf_counter()
     pool = worker_pool(jobs, threads)
     try:

@@ -87,7 +87,7 @@ class Demo:
         import torch
 
         from ..compose import compute_domain_embeddings, save_domain_embeddings
-        from ..hf.upcycle import upcycle
+        from ..hf.upcycling import upcycle
 
         c, models = self.config, self.path("models")
         # An upcycled model computes the public model's function whatever its router rows (all
@@ -128,11 +128,12 @@ class Demo:
     def stage_importance(self, full: str) -> Dict[str, Any]:
         """Minitron importance of the full model's neurons with math and with general calibration,
         and per layer the share of the math expert's top-W neurons the two agree on."""
+        from ..checkpoint import load_model
         from ..data.tokens import TokenFiles, token_dtype
-        from ..prune import compute_importance, load_teacher, topk_overlap
+        from ..prune import compute_importance, topk_overlap
 
         c = self.config
-        model = load_teacher(full)
+        model = load_model(full)
         out: Dict[str, Any] = {}
         scores = {}
         for domain in ("math", "general"):

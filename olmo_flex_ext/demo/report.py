@@ -5,9 +5,10 @@ with the distillation curves, calibration overlap and width allocation, plus the
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Sequence
+
+from ..atomic import write_atomic
 
 if TYPE_CHECKING:
     from .pipeline import Demo
@@ -16,10 +17,14 @@ __all__ = ["demo_report", "composition_markdown", "write_json"]
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def curve(run_folder: Path, metric: str) -> Dict[int, float]:
+    """``{step: value}`` of one metric from a run folder's ``metrics.jsonl``."""
+    from ..callbacks import read_metrics
+
+    return {step: m[metric] for step, m in read_metrics(run_folder).items() if metric in m}
 
 
 def composition_markdown(rows: Sequence[Dict[str, Any]]) -> str:
@@ -43,12 +48,11 @@ def demo_report(
     importance: Dict[str, Any],
     distilled: Dict[str, Dict[str, Any]],
 ) -> Dict[str, Any]:
-    from ..eval.callback import read_metrics
     from ..report import ResultRow, write_report
 
     c, r = demo.config, demo.runner
     kl = {
-        f"width {name}": read_metrics(demo.path("runs", f"distill-{name}")).get("train/KL", {})
+        f"width {name}": curve(demo.path("runs", f"distill-{name}"), "train/KL")
         for name in distilled
     }
     budget = next(v for k, v in distilled.items() if k.startswith("budget"))
@@ -69,7 +73,7 @@ def demo_report(
         curves={
             "distillation: KL(teacher || student), nats per token of math data": kl,
             "public model: training loss on general text": {
-                "public": read_metrics(demo.path("runs", "public")).get("train/CE loss", {})
+                "public": curve(demo.path("runs", "public"), "train/CE loss")
             },
         },
         overlap={int(w): v for w, v in importance["overlap"].items()},

@@ -27,6 +27,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from rich.console import Console
 
+from ..atomic import write_atomic
+
 __all__ = ["StageRunner", "Job", "digest", "cpu_seconds", "worker_pool"]
 
 console = Console()
@@ -182,9 +184,7 @@ class StageRunner:
             "seconds": seconds,
             "cpu_seconds": cpu,
         }
-        tmp = self.dir / f".{name}.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, self.dir / f"{name}.json")
+        write_atomic(self.dir / f"{name}.json", json.dumps(record, indent=2, default=str))
         self.timings[name] = seconds
         self.cpu_timings[name] = cpu
         console.print(f"stage {name}: {seconds:.1f} s ({cpu:.1f} s CPU)")

@@ -14,7 +14,7 @@ one rank.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 if TYPE_CHECKING:
     from olmo_core.train.callbacks import Callback
@@ -40,7 +40,7 @@ def _experiment(
     data: DemoData,
     save_folder: Path,
     *,
-    split: str,
+    split: Union[str, List[str]],
     run: RunSettings,
     name: str,
     model=None,
@@ -49,13 +49,12 @@ def _experiment(
 ) -> ExperimentConfig:
     from olmo_core.train import Duration
 
-    from ..eval.callback import MetricsFileCallback
     from ..recipes import flex_experiment
 
     tokens = config.seq_len * config.batch_seqs
     return flex_experiment(
         model=model,
-        data_paths=[data.token_glob(split)],
+        data_paths=[data.token_glob(s) for s in ([split] if isinstance(split, str) else split)],
         tokenizer=data.tokenizer(),
         save_folder=str(save_folder),
         sequence_length=config.seq_len,
@@ -69,7 +68,7 @@ def _experiment(
         wandb_name=name,
         load_path=load_path,
         seed=config.seed,
-        extra_callbacks={"metrics_file": MetricsFileCallback(), **(callbacks or {})},
+        extra_callbacks=callbacks,
     )
 
 
@@ -163,31 +162,15 @@ def router_tuning_experiment(
     config: DemoConfig, data: DemoData, save_folder: Path, *, merged: str, domains: List[str]
 ) -> ExperimentConfig:
     """Router-only training of a merged model on a mix of the ``domains``' training data
-    (:func:`olmo_flex_ext.compose.router_experiment`, FlexOlmo's router tuning)."""
-    from olmo_core.train import Duration
-
-    from ..compose import router_experiment
-    from ..eval.callback import MetricsFileCallback
+    (:func:`olmo_flex_ext.compose.router_only_experiment`, FlexOlmo's router tuning)."""
+    from ..compose import router_only_experiment
     from ..experiment import resolve_model
 
-    run, tokens = config.router, config.seq_len * config.batch_seqs
-    experiment = router_experiment(
-        data_paths=[data.token_glob(f"{d}-train") for d in domains],
-        tokenizer=data.tokenizer(),
-        save_folder=str(save_folder),
-        sequence_length=config.seq_len,
-        global_batch_tokens=tokens,
-        microbatch_tokens=tokens,
-        max_duration=Duration.steps(run.steps),
-        lr=run.lr,
-        load_path=merged,
-        warmup_steps=run.warmup_steps,
-        save_interval=run.save_interval,
-        wandb_project=WANDB_PROJECT if config.wandb else None,
-        wandb_name="router-tuning",
-    )
-    experiment.trainer.callbacks["metrics_file"] = MetricsFileCallback()
-    return resolve_model(experiment, "router tuning")
+    experiment = _experiment(
+        config, data, save_folder, split=[f"{d}-train" for d in domains], run=config.router,
+        name="router-tuning", load_path=merged,
+    )  # fmt: skip
+    return resolve_model(router_only_experiment(experiment), "router tuning")
 
 
 _ENVIRONMENT_READY = False

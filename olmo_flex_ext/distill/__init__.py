@@ -3,8 +3,7 @@
 Names are imported on first use so that ``olmo-flex --help`` stays fast.
 """
 
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "TopKStore": "topk_store",
@@ -12,7 +11,6 @@ _EXPORTS = {
     "TopKCodec": "codec",
     "generate_store": "generate",
     "teacher_topk": "generate",
-    "load_teacher": "generate",
     "KDLossConfig": "loss",
     "topk_kd_loss": "loss",
     "TopKFSLDatasetConfig": "data",
@@ -26,8 +24,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

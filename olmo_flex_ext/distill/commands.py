@@ -5,6 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import List
 
+from ..cli_args import (
+    add_checkpoint,
+    add_device,
+    add_overwrite,
+    add_token_data,
+    add_weight_dtype,
+    require_positive,
+)
+
 __all__ = ["register", "named_tokenizer", "TOKENIZER_NAMES"]
 
 TOKENIZER_NAMES: List[str] = ["dolma2", "dolma2_sigdig", "gpt_neox_olmo_dolma_v1_5", "gpt2", "tiny"]
@@ -49,50 +58,36 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Resumes after interruption; under torchrun the ranks share the work."
         ),
     )
-    p.add_argument("teacher", help="teacher checkpoint (model-only, trainer stepN/, or run folder)")
-    p.add_argument("--data", required=True, help="token files (glob; comma-separate several)")
-    p.add_argument("--seq-len", type=int, required=True, help="window length (the training one)")
-    p.add_argument("--top-k", type=int, default=128, help="tokens kept per position (128)")
+    add_checkpoint(p, "teacher", "TEACHER", help="teacher")
+    add_token_data(p, with_num_seqs=False, batch_size=4, batch_help="windows per teacher forward")
+    p.add_argument("--top-k", type=int, default=128, help="tokens kept per position (default 128)")
     p.add_argument("--out", required=True, help="store directory to create")
-    p.add_argument("--dtype", choices=["uint16", "uint32"], help="token file dtype (default: "
-                   "uint16 if the vocabulary fits, else uint32)")
     p.add_argument("--tokenizer", choices=TOKENIZER_NAMES,
                    help="the data's tokenizer (default: the known one with the teacher's vocabulary)")
-    p.add_argument("--batch-size", type=int, default=4, help="windows per teacher forward (4)")
     p.add_argument("--chunk-windows", type=int, default=None,
                    help="windows per chunk file, the unit of resumption (default ~256k tokens)")
-    p.add_argument("--teacher-dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="teacher weights (bfloat16 halves GPU memory; log-softmax stays float32)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    add_device(p)
+    add_weight_dtype(p, "--teacher-dtype", choices=["float32", "bfloat16"], default="float32",
+                     help="teacher weights (bfloat16 halves GPU memory; log-softmax stays float32)")
+    add_overwrite(p, "an existing store")
     p.set_defaults(run=_logprobs)
 
 
 def _logprobs(args) -> int:
     import os
 
-    import torch
-    import torch.distributed as dist
     from rich.console import Console
 
     from ..checkpoint import read_model_config
-    from ..experiment import distributed_backend
+    from ..cli_args import command_device, torch_dtype
+    from ..experiment import process_group
     from .generate import generate_store
 
-    for name in ("seq_len", "top_k", "batch_size"):
-        if getattr(args, name) <= 0:
-            from ..errors import UserError
-
-            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    require_positive(args, "seq_len", "top_k", "batch_size", "chunk_windows")
     vocab = read_model_config(args.teacher).vocab_size
     tokenizer = named_tokenizer(args.tokenizer) if args.tokenizer else tokenizer_for_vocab(vocab)
-    backend = distributed_backend()
-    device = torch.device("cpu")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if backend is not None and not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    try:
+    device = command_device(args.device)
+    with process_group():
         store = generate_store(
             args.teacher,
             args.data,
@@ -104,12 +99,9 @@ def _logprobs(args) -> int:
             batch_size=args.batch_size,
             windows_per_chunk=args.chunk_windows,
             device=device,
-            teacher_dtype=getattr(torch, args.teacher_dtype),
+            teacher_dtype=torch_dtype(args.teacher_dtype),
             overwrite=args.overwrite,
         )
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     if store is not None and int(os.environ.get("RANK", "0")) == 0:
         Console().print(
             f"wrote {store.path}: {store.num_tokens:,d} tokens x top-{store.k}, "

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -28,17 +26,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from olmo_core.data import TokenizerConfig
+from olmo_core.distributed.utils import barrier, get_rank, get_world_size
 from olmo_core.nn.transformer import Transformer
 
 from .. import __version__
+from ..atomic import move_into_place, write_atomic
 from ..checkpoint import (
     CONFIG_FILE,
-    load_state_dict,
+    load_model,
     read_model_config,
     resolve_checkpoint,
     weights_dir,
 )
 from ..data.tokens import TokenFiles, Window, _sampled_sha256, token_dtype
+from ..progress import progress_bar
 from .codec import TopKCodec
 from .loss import default_chunk_tokens
 from .topk_store import (
@@ -52,7 +53,6 @@ from .topk_store import (
 
 __all__ = [
     "teacher_topk",
-    "load_teacher",
     "teacher_identity",
     "generate_store",
     "partial_dir",
@@ -65,20 +65,6 @@ PLAN_FILE = "plan.json"
 
 
 # ---- the teacher ----------------------------------------------------------------------------
-
-
-def load_teacher(
-    path: Union[str, Path], device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
-) -> Transformer:
-    """The model of a checkpoint on ``device`` (default CPU) in eval mode, weights in ``dtype``
-    (default float32), with gradients off."""
-    device = device or torch.device("cpu")
-    model = read_model_config(path).build(init_device=str(device))
-    load_state_dict(model, path)
-    model = model.to(dtype=dtype or torch.float32).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def teacher_identity(path: Union[str, Path]) -> Dict[str, Any]:
@@ -152,17 +138,6 @@ def _chunk_name(c: int) -> str:
     return f"chunk-{c:06d}.bin"
 
 
-def _rank_world() -> Tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def _all_true(flag: bool) -> bool:
     if not (dist.is_available() and dist.is_initialized()):
         return flag
@@ -174,15 +149,7 @@ def _all_true(flag: bool) -> bool:
 
 
 def _write_atomic(path: Path, data: Union[bytes, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        if isinstance(data, np.ndarray):
-            data.tofile(f)
-        else:
-            f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data, fsync=True)
 
 
 # ---- generation -----------------------------------------------------------------------------
@@ -209,7 +176,7 @@ def generate_store(
     process group calls this. Returns the finished store, or ``None`` when this call stopped
     after ``max_chunks`` new chunks per rank (a later call resumes)."""
     out = Path(out)
-    rank, world = _rank_world()
+    rank, world = get_rank(), get_world_size()
     if out.exists() and not overwrite:
         raise TopKStoreError(f"{out} already exists; choose another --out or pass --overwrite")
     config = read_model_config(teacher)
@@ -249,18 +216,20 @@ def generate_store(
     # Loading a checkpoint is collective under a process group: all ranks load if any has work.
     if not _all_true(not todo):
         device = device or torch.device("cpu")
-        model = load_teacher(teacher, device, teacher_dtype)
+        model = load_model(teacher, device=device, dtype=teacher_dtype)
         mine = [c for c in range(rank, len(chunks), world)]
         total = sum(w.length for c in mine for w in chunks[c])
         done = total - sum(w.length for c in todo for w in chunks[c])
-        with _progress(progress and rank == 0, total, done, world) as advance:
+        label = "teacher top-k" + (f" (rank 0 of {world})" if world > 1 else "")
+        bar = progress_bar(label, total, completed=done, unit="tokens", enabled=progress and rank == 0)
+        with bar as advance:
             _run_chunks(model, files, chunks, todo, codec, work, batch_size, device, advance)
     finished = _all_true(not stopped)
     if not finished:
         return None
     if rank == 0:
         _finalise(work, out, plan, chunks, codec, overwrite)
-    _barrier()
+    barrier()
     return TopKStore(out)
 
 
@@ -279,7 +248,7 @@ def _start_or_resume(work: Path, plan: Dict[str, Any], rank: int) -> None:
             log.info("Resuming the unfinished store in %s", work)
         else:
             _write_atomic(plan_file, json.dumps(plan, indent=2).encode())
-    _barrier()
+    barrier()
 
 
 def _run_chunks(
@@ -357,48 +326,10 @@ def _finalise(
             k: plan[k] for k in ("windows_per_chunk", "batch_size", "teacher_dtype")
         } | {"olmo_flex_ext": __version__},
     }
-    for leftover in work.glob(".*.tmp-*"):  # half-written files of an interrupted run
+    for leftover in work.glob(".*.tmp*"):  # half-written files of an interrupted run
         leftover.unlink()
     _write_atomic(work / META_FILE, json.dumps(meta, indent=2).encode())
     (work / PLAN_FILE).unlink()
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise TopKStoreError(f"{out} already exists; pass --overwrite to replace it")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(work, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-class _progress:
-    """A rich progress bar over tokens (rank 0), or nothing."""
-
-    def __init__(self, enabled: bool, total: int, done: int, world: int):
-        self.enabled, self.total, self.done, self.world = enabled, total, done, world
-        self.bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        label = "teacher top-k" + (f" (rank 0 of {self.world})" if self.world > 1 else "")
-        self.bar = Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-            "tokens", TimeElapsedColumn(), TimeRemainingColumn(),
-        )
-        self.bar.start()
-        task = self.bar.add_task(label, total=self.total, completed=self.done)
-        return lambda n: self.bar.advance(task, n)  # type: ignore[union-attr]
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
+    if out.exists() and not overwrite:
+        raise TopKStoreError(f"{out} already exists; pass --overwrite to replace it")
+    move_into_place(work, out)

@@ -24,9 +24,10 @@ from olmo_core.train.common import ReduceType
 from olmo_core.train.train_module import TransformerTrainModule, TransformerTrainModuleConfig
 from olmo_core.utils import move_to_device
 
+from ..checkpoint import load_model
 from ..errors import UserError
 from .data import TEACHER_IDS, TEACHER_LOGPROBS, TopKFSLDataset
-from .generate import load_teacher, teacher_identity, teacher_topk
+from .generate import teacher_identity, teacher_topk
 from .loss import KDLossConfig, topk_kd_loss
 
 __all__ = ["KDTrainModule", "KDTrainModuleConfig", "KD_METRICS"]
@@ -62,7 +63,8 @@ class KDTrainModule(TransformerTrainModule):
         if online_teacher:
             if not teacher_path:
                 raise UserError("online_teacher=True needs teacher_path (the teacher checkpoint)")
-            self.teacher = load_teacher(teacher_path, self.device, teacher_dtype)
+            self.teacher = load_model(teacher_path, device=self.device, dtype=teacher_dtype)
+            self.teacher.requires_grad_(False)
         self._k: Optional[int] = teacher_top_k if online_teacher else None
 
     # ---- checks before training ----------------------------------------------------------

@@ -4,8 +4,7 @@ an in-loop evaluator callback, and the lm-eval harness Math2 protocol for 7B che
 Names are imported lazily so that ``olmo-flex --help`` does not load torch.
 """
 
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "MathScores": "arithmetic",
@@ -14,15 +13,9 @@ _EXPORTS = {
     "next_token_losses": "lm",
     "token_file_loss": "lm",
     "FlexEvalCallback": "callback",
-    "MetricsFileCallback": "callback",
-    "read_metrics": "callback",
     "run_math2": "harness",
 }
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

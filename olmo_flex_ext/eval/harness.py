@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..atomic import write_atomic
 from ..errors import UserError
 
 __all__ = [
@@ -197,8 +198,5 @@ def run_math2(
         scores[t.name] = parse_results(find_results_file(task_out), t)
     record["results"] = scores
     record["math2"] = sum(s["score"] for s in scores.values()) / len(scores)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".math2.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out_dir / "math2.json")
+    write_atomic(out_dir / "math2.json", json.dumps(record, indent=2))
     return record

@@ -6,37 +6,32 @@
 - :func:`upcycle`: dense OLMo-2-style model -> N experts that are copies of its MLP.
 - :func:`flex_olmo_hf_config`: the transformers ``FlexOlmoConfig`` for one of our model configs.
 
-Needs the ``hf`` extra (transformers >= 5, safetensors).
+Needs the ``hf`` extra (transformers >= 5, safetensors). Names are imported on first use so that
+``olmo-flex --help`` does not load torch.
 """
 
-from .config import WIDTHS_KEY, flex_olmo_hf_config, model_config_from_hf
-from .convert import (
-    DEFAULT_MAX_SHARD_BYTES,
-    checkpoint_token_ids,
-    export_hf,
-    hf_lazy_state,
-    import_hf,
-)
-from .files import HFDir, parse_size, write_safetensors, write_sharded
-from .state import experts_from_hf, experts_to_hf
-from .upcycle import moe_config_from_dense, router_rows, upcycle
+from ..lazy import lazy_exports
 
-__all__ = [
-    "import_hf",
-    "export_hf",
-    "upcycle",
-    "flex_olmo_hf_config",
-    "model_config_from_hf",
-    "moe_config_from_dense",
-    "router_rows",
-    "checkpoint_token_ids",
-    "hf_lazy_state",
-    "experts_from_hf",
-    "experts_to_hf",
-    "HFDir",
-    "write_safetensors",
-    "write_sharded",
-    "parse_size",
-    "WIDTHS_KEY",
-    "DEFAULT_MAX_SHARD_BYTES",
-]
+_EXPORTS = {
+    "WIDTHS_KEY": "config",
+    "flex_olmo_hf_config": "config",
+    "model_config_from_hf": "config",
+    "DEFAULT_MAX_SHARD_BYTES": "convert",
+    "checkpoint_token_ids": "convert",
+    "export_hf": "convert",
+    "hf_lazy_state": "convert",
+    "import_hf": "convert",
+    "HFDir": "files",
+    "parse_size": "files",
+    "write_safetensors": "files",
+    "write_sharded": "files",
+    "experts_from_hf": "state",
+    "experts_to_hf": "state",
+    "moe_config_from_dense": "upcycling",
+    "router_rows": "upcycling",
+    "upcycle": "upcycling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -3,19 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import List
 
-DTYPES = ["float32", "bfloat16", "float16"]
-
-
-def _widths(text: str) -> List[int]:
-    try:
-        widths = [int(w) for w in text.replace("x", ",").split(",") if w.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"widths must look like 256,128 (got {text!r})") from None
-    if not widths:
-        raise argparse.ArgumentTypeError("give at least one width")
-    return widths
+from ..cli_args import add_checkpoint, add_overwrite, add_weight_dtype, int_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,13 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("hf_dir", metavar="HF_DIR")
     p.add_argument("out", metavar="OUT")
-    p.add_argument("--dtype", choices=DTYPES, help="convert weights (default: keep their dtype)")
+    add_weight_dtype(p, help="convert the weights (default: keep their dtype)")
     p.add_argument(
         "--keep-padding",
         action="store_true",
         help="keep zero-padded experts at the full width instead of restoring recorded widths",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_overwrite(p, "OUT")
     p.set_defaults(run=_import)
 
     p = sub.add_parser(
@@ -43,12 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "directory that transformers loads with AutoModelForCausalLM.from_pretrained. Narrower "
         "experts are zero-padded to the widest, which computes the same function.",
     )
-    p.add_argument("src", metavar="SRC")
+    add_checkpoint(p, "src", "SRC")
     p.add_argument("out", metavar="OUT")
     p.add_argument("--tokenizer", metavar="DIR", help="copy the tokenizer files from DIR")
-    p.add_argument("--dtype", choices=DTYPES, help="weight dtype (default: as stored)")
+    add_weight_dtype(p, help="convert the weights (default: keep their dtype)")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors file (default 5GB)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_overwrite(p, "OUT")
     p.set_defaults(run=_export)
 
     p = sub.add_parser(
@@ -62,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experts", type=int, required=True, help="number of experts")
     p.add_argument(
         "--widths",
-        type=_widths,
+        type=int_list,
         help="one width per expert, e.g. 256,128 (default: the dense width; narrower experts "
         "keep the first neurons)",
     )
@@ -74,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoint / FlexOlmo directory to copy from (default: small random values)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random router rows")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_overwrite(p, "OUT")
     p.set_defaults(run=_upcycle)
 
     p = sub.add_parser(

@@ -3,10 +3,9 @@ directories and our model-only checkpoints (see :mod:`.state` for the weight lay
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 
@@ -21,6 +20,7 @@ from ..checkpoint import (
     resolve_checkpoint,
     save_model,
 )
+from ..progress import progress_bar
 from .config import TOKEN_KEYS, WIDTHS_KEY, flex_olmo_hf_config, hf_token_ids, model_config_from_hf
 from .files import HFDir, reporting, write_sharded
 from .state import cast, check_state, hf_state, to_hf_items
@@ -58,22 +58,6 @@ def parse_dtype(name: Optional[str]) -> Optional[torch.dtype]:
     if name not in _DTYPES:
         raise CheckpointError(f"dtype {name!r} is not one of {', '.join(_DTYPES)}")
     return _DTYPES[name]
-
-
-@contextlib.contextmanager
-def progress(total: int, description: str) -> Iterator[Callable[[str], None]]:
-    """A rich progress bar on stderr (when it is a terminal); yields the function that advances
-    it by one tensor."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    console = Console(stderr=True)
-    if not console.is_terminal:  # rich would still print a blank line
-        yield lambda _name: None
-        return
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda _name: bar.advance(task)
 
 
 def load_hf_config(hf: HFDir) -> Any:
@@ -146,8 +130,8 @@ def import_hf(
         "source_files": sorted(set(hf.shards.values())),
         "hf": hf_token_ids(hf_config),
     }
-    with progress(len(state), f"importing {hf.path.name}") as advance:
-        lazy = {k: reporting(k, cast(t, torch_dtype), advance) for k, t in state.items()}
+    with progress_bar(f"importing {hf.path.name}", len(state), unit="tensors", transient=True) as advance:
+        lazy = {k: reporting(k, cast(t, torch_dtype), lambda _: advance()) for k, t in state.items()}
         return save_model(out, config, lazy, overwrite=overwrite, info=info)
 
 
@@ -198,9 +182,10 @@ def export_hf(
     items = [(name, cast(t, torch_dtype)) for name, t in to_hf_items(state, config)]
     metadata = {"format": "pt", "olmo_flex_source": str(ckpt.resolve())}
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        with progress(len(items), f"exporting {ckpt.name}") as advance:
+        with progress_bar(f"exporting {ckpt.name}", len(items), unit="tensors", transient=True) as advance:
             write_sharded(
-                tmp, items, max_shard_bytes=max_shard_bytes, metadata=metadata, on_tensor=advance
+                tmp, items, max_shard_bytes=max_shard_bytes, metadata=metadata,
+                on_tensor=lambda _: advance(),
             )
         hf_config.save_pretrained(str(tmp))
         for f in tokenizer_files:

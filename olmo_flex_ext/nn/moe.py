@@ -61,7 +61,8 @@ def validate_widths(widths: Sequence[int], num_experts: int, top_k: int) -> None
     if len(widths) != num_experts:
         raise OLMoConfigurationError(
             f"expert_widths has {len(widths)} entries but num_experts={num_experts}: "
-            "give exactly one width per expert"
+            "give exactly one width per expert (to change the number of experts, set num_experts "
+            "to the new count as well)"
         )
     if not 1 <= top_k <= num_experts:
         raise OLMoConfigurationError(
@@ -228,10 +229,21 @@ class VariableMoEMLP(MoEMLPBase):
         return torch.cat([torch.arange(self.offsets[e], self.offsets[e + 1]) for e in experts])
 
     def forward_dense(
-        self, x: torch.Tensor, probs: torch.Tensor, experts: Optional[Sequence[int]] = None
+        self,
+        x: torch.Tensor,
+        probs: torch.Tensor,
+        experts: Optional[Sequence[int]] = None,
+        batch_shape: Optional[torch.Size] = None,
     ) -> torch.Tensor:
         """All ``experts`` (default: all) on all tokens. ``x``: ``(N, d_model)``, ``probs``:
-        ``(N, len(experts))``, the router probability of each of those experts."""
+        ``(N, len(experts))``, the router probability of each of those experts; ``batch_shape``
+        is the leading shape of the layer input (reported to probes).
+
+        The up-projections are two matmuls over the concatenated width; the down-projection runs
+        per expert on a view of its activation columns, and the router probability scales that
+        expert's ``(N, d_model)`` output. Scaling the outputs rather than the ``(N, sum of
+        widths)`` activations keeps the extra elementwise work (forward and backward) small.
+        """
         w1, w2, w3 = (get_local_tensor(w) for w in (self.w1, self.w2, self.w3))
         experts = list(range(self.num_experts)) if experts is None else list(experts)
         if len(experts) < self.num_experts:  # some switched off: their rows leave the matmuls
@@ -240,17 +252,28 @@ class VariableMoEMLP(MoEMLPBase):
         widths = [self.expert_widths[e] for e in experts]
         x = x.type_as(w1)
         act = F.silu(x @ w1.t()) * (x @ w3.t())
+        acts = act.split(widths, dim=1)
         if self._probing():
-            for i, (e, a) in enumerate(zip(experts, act.split(widths, dim=1))):
-                self.probe(a, ExpertRouting(e, None, probs[:, i], x.shape[:-1]))
-        widths_t = torch.tensor(widths, device=x.device)
-        scale = probs.to(act.dtype).repeat_interleave(widths_t, dim=1, output_size=act.shape[1])
-        return (act * scale) @ w2
+            for i, (e, a) in enumerate(zip(experts, acts)):
+                self.probe(a, ExpertRouting(e, None, probs[:, i], batch_shape or x.shape[:-1]))
+        probs = probs.to(act.dtype)
+        out: Optional[torch.Tensor] = None
+        for i, w2_e in enumerate(w2.split(widths, dim=0)):
+            p_e = probs[:, i : i + 1]
+            y_e = acts[i] @ w2_e
+            out = y_e * p_e if out is None else torch.addcmul(out, y_e, p_e)
+        assert out is not None
+        return out
 
     def forward_routed(
-        self, x: torch.Tensor, expert_weights: torch.Tensor, expert_indices: torch.Tensor
+        self,
+        x: torch.Tensor,
+        expert_weights: torch.Tensor,
+        expert_indices: torch.Tensor,
+        batch_shape: Optional[torch.Size] = None,
     ) -> torch.Tensor:
-        """Each expert on the tokens routed to it. ``expert_*``: ``(N, top_k)``, expert ids.
+        """Each expert on the tokens routed to it. ``expert_*``: ``(N, top_k)``, expert ids;
+        ``batch_shape`` is the leading shape of the layer input (reported to probes).
 
         The (token, slot) pairs are sorted by expert once, so one gather gives every expert a
         contiguous block of its tokens and each expert is three plain matmuls on that block. The
@@ -286,7 +309,10 @@ class VariableMoEMLP(MoEMLPBase):
             act = F.silu(F.linear(xe, w1e)) * F.linear(xe, w3e)
             if probing:
                 end = start + count
-                self.probe(act, ExpertRouting(e, tokens[start:end], p_sorted[start:end], x.shape[:-1]))
+                routing = ExpertRouting(
+                    e, tokens[start:end], p_sorted[start:end], batch_shape or x.shape[:-1]
+                )
+                self.probe(act, routing)
             start += count
             outs.append((act @ w2e) * we)
         if not outs:  # no tokens
@@ -334,11 +360,11 @@ class VariableExperts(ParallelMLPBase):
             probs = torch.zeros(x2.shape[0], active, device=x.device, dtype=weights.dtype)
             probs = probs.scatter(1, indices, weights)
             experts = None if self._active_index is None else self.active_experts
-            out = self.mlp.forward_dense(x2, probs, experts)
+            out = self.mlp.forward_dense(x2, probs, experts, batch_shape=shape[:-1])
         else:
             if self._active_index is not None:
                 indices = self._active_index.to(indices.device)[indices]
-            out = self.mlp.forward_routed(x2, weights, indices)
+            out = self.mlp.forward_routed(x2, weights, indices, batch_shape=shape[:-1])
         return out.reshape(shape).to(x.dtype)
 
 

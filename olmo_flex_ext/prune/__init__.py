@@ -11,19 +11,18 @@
 Names are imported lazily so that ``olmo-flex --help`` does not load torch.
 """
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "METHODS": "importance",
     "ImportanceAccumulator": "importance",
     "compute_importance": "importance",
-    "load_teacher": "importance",
     "ImportanceScores": "scores",
     "checkpoint_fingerprint": "scores",
     "module_fingerprint": "scores",
     "topk_overlap": "scores",
     "allocate_widths": "allocate",
+    "allocate_for_budget": "allocate",
     "keep_indices": "allocate",
     "top_neurons": "allocate",
     "uniform_widths": "allocate",
@@ -36,8 +35,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -3,7 +3,8 @@
 - :func:`uniform_widths`: one width per expert, the same in every layer (``[11008, 5504]``).
 - :func:`allocate_widths`: widths per layer and expert chosen by importance under a neuron budget
   for one expert or several together, each a multiple of ``multiple`` (or the full width) and at
-  least ``min_width``.
+  least ``min_width``; :func:`allocate_for_budget` with the budget as a uniform width or a
+  parameter count (what ``olmo-flex allocate/prune`` and the pruning callback use).
 - :func:`keep_indices`: each expert's top-``width`` neurons, in their original order.
 
 Scores are made comparable across layers before allocation by
@@ -34,6 +35,7 @@ __all__ = [
     "uniform_widths",
     "check_widths",
     "allocate_widths",
+    "allocate_for_budget",
     "budget_neurons_for_width",
     "neurons_for_params",
     "parse_count",
@@ -196,3 +198,33 @@ def allocate_widths(
     return [
         [width.get((i, e), w) for e, w in enumerate(layer)] for i, layer in enumerate(original)
     ]
+
+
+def allocate_for_budget(
+    scores: ImportanceScores,
+    *,
+    budget_width: Optional[int] = None,
+    budget_params: Optional[int] = None,
+    d_model: Optional[int] = None,
+    experts: Optional[Sequence[int]] = None,
+    multiple: int = 128,
+    min_width: Optional[int] = None,
+    normalize: str = "layer",
+) -> List[List[int]]:
+    """:func:`allocate_widths` under a budget given as a uniform width (as many neurons as
+    ``experts`` at ``budget_width`` in every layer) or as the parameters of the pruned experts'
+    MLPs (``budget_params``; 3 * ``d_model`` per neuron). ``experts`` default to all but 0."""
+    experts = list(experts) if experts else list(range(1, len(scores.widths[0])))
+    if (budget_width is None) == (budget_params is None):
+        raise UserError("give exactly one budget: a uniform width or a parameter count")
+    if budget_width is not None:
+        if budget_width <= 0:
+            raise UserError(f"--budget-width must be positive, got {budget_width}")
+        budget = budget_neurons_for_width(scores.num_layers, experts, budget_width)
+    else:
+        if not d_model:
+            raise UserError("a parameter budget needs the model's d_model; use --budget-width instead")
+        budget = neurons_for_params(int(budget_params), d_model)  # type: ignore[arg-type]
+    return allocate_widths(
+        scores, budget, experts=experts, multiple=multiple, min_width=min_width, normalize=normalize
+    )

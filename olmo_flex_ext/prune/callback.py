@@ -29,10 +29,10 @@ import torch
 from olmo_core.distributed.utils import barrier, broadcast_object, get_rank
 from olmo_core.train.callbacks import Callback
 
+from ..atomic import write_atomic
 from ..errors import UserError
 from .allocate import (
-    allocate_widths,
-    budget_neurons_for_width,
+    allocate_for_budget,
     check_widths,
     keep_indices,
     kept_fraction,
@@ -112,13 +112,10 @@ class PruneCallback(Callback):
         """Widths per layer from ``scores`` under this callback's budget settings."""
         if self.budget_width is None:
             raise UserError("allocation needs budget_width")
-        n_experts = len(scores.widths[0])
-        experts = self.budget_experts or list(range(1, n_experts))
-        budget = budget_neurons_for_width(scores.num_layers, experts, self.budget_width)
-        return allocate_widths(
+        return allocate_for_budget(
             scores,
-            budget,
-            experts=experts,
+            budget_width=self.budget_width,
+            experts=self.budget_experts,
             multiple=self.multiple,
             min_width=self.min_width,
             normalize=self.normalize,
@@ -224,9 +221,9 @@ class PruneCallback(Callback):
         return scores
 
     def _compute(self, teacher: Path, data: Optional[List[str]], num_seqs: int, out: Path) -> None:
-        from ..checkpoint import read_model_config
+        from ..checkpoint import load_model, read_model_config
         from ..data.tokens import TokenFiles, token_dtype
-        from .importance import compute_importance, load_teacher
+        from .importance import compute_importance
 
         if not data:
             raise UserError(
@@ -239,7 +236,7 @@ class PruneCallback(Callback):
         tokens = TokenFiles(data, token_dtype(vocab, self.token_dtype))
         log.info("Pruning callback: scoring the teacher %s on %s", teacher, data)
         self.dir.mkdir(parents=True, exist_ok=True)
-        model = load_teacher(teacher, device, getattr(torch, dtype))
+        model = load_model(teacher, device=device, dtype=getattr(torch, dtype))
         scores = compute_importance(
             model,
             tokens,
@@ -304,9 +301,7 @@ class PruneCallback(Callback):
                 "prune/calibration_overlap_mean", sum(overlap_all) / len(overlap_all)
             )
         if get_rank() == 0:
-            tmp = self.dir / ".allocation.json.tmp"
-            tmp.write_text(json.dumps(rows, indent=1))
-            tmp.replace(self.dir / "allocation.json")
+            write_atomic(self.dir / "allocation.json", json.dumps(rows, indent=1))
             for r in rows:
                 log.info("pruned %s", r)
 

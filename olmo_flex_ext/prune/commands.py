@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import List, Optional
 
-from ..errors import UserError
+from ..atomic import atomic_file, write_atomic
+from ..cli_args import (
+    add_checkpoint,
+    add_device,
+    add_overwrite,
+    add_token_data,
+    add_weight_dtype,
+    int_list,
+    require_positive,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,18 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "a safetensors scores file. Runs on many ranks with torchrun -m olmo_flex_ext.cli; an "
         "interrupted run continues when started again with the same arguments.",
     )
-    p.add_argument("checkpoint", help="model-only checkpoint, trainer stepN/ or run folder")
-    p.add_argument("--data", required=True, action="append", help="token file glob (repeatable)")
-    p.add_argument("--seq-len", type=int, required=True)
-    p.add_argument("--num-seqs", type=int, required=True)
+    add_checkpoint(p)
+    add_token_data(p, batch_size=1, batch_help="sequences per forward on each rank")
     p.add_argument("--out", required=True, help="scores file to write (.safetensors)")
     p.add_argument("--method", default="minitron", help="minitron (default) or minitron-weighted")
-    p.add_argument("--batch-size", type=int, default=1, help="sequences per forward on each rank")
-    p.add_argument("--dtype", choices=["uint16", "uint32"], help="token dtype (default from vocab)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--model-dtype", choices=["float32", "bfloat16"], default="float32")
+    add_device(p)
+    add_weight_dtype(p, "--model-dtype", choices=["float32", "bfloat16"], default="float32",
+                     help="model weights while scoring")
     p.add_argument("--save-every", type=int, default=64, help="sequences between partial saves")
-    p.add_argument("--overwrite", action="store_true")
+    add_overwrite(p, "the scores file")
     p.set_defaults(run=_importance)
 
     p = sub.add_parser(
@@ -59,14 +64,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Prune expert MLPs to uniform widths (--widths) or importance-allocated ones "
         "(--budget / --budget-width), streaming tensor by tensor into a model-only checkpoint.",
     )
-    p.add_argument("checkpoint")
-    p.add_argument("--scores", required=True)
-    p.add_argument("--widths", help="one width per expert for every layer, e.g. 11008,5504")
+    add_checkpoint(p)
+    p.add_argument("--scores", required=True, help="scores file of this checkpoint (importance)")
+    p.add_argument("--widths", type=int_list,
+                   help="one width per expert for every layer, e.g. 11008,5504")
     p.add_argument("--widths-file", help="JSON widths per layer (from olmo-flex allocate --out)")
     _budget_args(p, required=False)
     p.add_argument("--prune-public", action="store_true", help="allow shrinking expert 0")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="model-only checkpoint directory to write")
+    add_overwrite(p)
     p.set_defaults(run=_prune)
 
 
@@ -74,42 +80,30 @@ def _budget_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--budget", help="parameters for the pruned experts' MLPs together, e.g. 2.2B")
     g.add_argument("--budget-width", type=int, help="as many parameters as this uniform width")
-    p.add_argument("--experts", help="experts to prune, e.g. 1 or 1,2 (default: all but 0)")
+    p.add_argument("--experts", type=int_list,
+                   help="experts to prune, e.g. 1 or 1,2 (default: all but 0)")
     p.add_argument("--multiple", type=int, default=128, help="widths are multiples of this")
     p.add_argument("--min-width", type=int, help="smallest width per layer (default --multiple)")
     p.add_argument("--normalize", choices=["layer", "none"], default="layer")
-
-
-def check_output(out: str, overwrite: bool) -> None:
-    from ..checkpoint import check_output as check
-
-    check(out, overwrite)
-
-
-def _ints(text: str, what: str) -> List[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{what} {text!r} must be comma-separated integers, e.g. 11008,5504") from None
 
 
 # ---- importance ---------------------------------------------------------------------------------
 
 
 def _importance(args) -> int:
-    import torch
-    import torch.distributed as dist
+    from olmo_core.distributed.utils import get_rank
 
-    from ..checkpoint import read_model_config, resolve_checkpoint
+    from ..checkpoint import check_output, load_model, read_model_config, resolve_checkpoint
+    from ..cli_args import command_device, torch_dtype
     from ..data.tokens import TokenFiles, token_dtype
-    from ..experiment import distributed_backend, world_size
-    from .importance import METHODS, compute_importance, load_teacher
+    from ..errors import UserError
+    from ..experiment import process_group
+    from .importance import METHODS, compute_importance
 
     check_output(args.out, args.overwrite)
     if args.method not in METHODS:
         raise UserError(f"unknown method {args.method!r}; use one of {', '.join(METHODS)}")
-    if args.seq_len <= 0 or args.num_seqs <= 0 or args.batch_size <= 0:
-        raise UserError("--seq-len, --num-seqs and --batch-size must be positive")
+    require_positive(args, "seq_len", "num_seqs", "batch_size", "save_every")
     ckpt = resolve_checkpoint(args.checkpoint)
     vocab = read_model_config(ckpt).vocab_size
     data = TokenFiles(args.data, token_dtype(vocab, args.dtype))
@@ -120,16 +114,9 @@ def _importance(args) -> int:
         )
     data.sample_windows(args.seq_len, args.num_seqs)  # refuses too little data before any work
 
-    started = False
-    if world_size() > 1 and not dist.is_initialized():
-        dist.init_process_group(backend=distributed_backend())
-        started = True
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        torch.cuda.set_device(device)
-    try:
-        model = load_teacher(ckpt, device, getattr(torch, args.model_dtype))
+    device = command_device(args.device)
+    with process_group():
+        model = load_model(ckpt, device=device, dtype=torch_dtype(args.model_dtype))
         out = Path(args.out)
         scores = compute_importance(
             model,
@@ -142,13 +129,10 @@ def _importance(args) -> int:
             save_every=args.save_every,
             source=str(ckpt),
         )
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        if get_rank() == 0:
             scores.save(out)
             print(f"wrote {out}: {args.method} scores of {len(scores.scores)} layers, "
                   f"{args.num_seqs} x {args.seq_len} calibration tokens")
-    finally:
-        if started:
-            dist.destroy_process_group()
     return 0
 
 
@@ -159,6 +143,7 @@ def _compare(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from ..errors import UserError
     from .scores import ImportanceScores, describe_calibration, topk_overlap
 
     if args.width <= 0:
@@ -199,7 +184,7 @@ def _compare(args) -> int:
     if not experts:
         console.print(f"every expert is at most {args.width} wide: nothing to compare")
     if args.json_out:
-        _write_text(args.json_out, json.dumps({"width": args.width, "differ": rows}, indent=1))
+        write_atomic(args.json_out, json.dumps({"width": args.width, "differ": rows}, indent=1))
     if args.plot and experts:
         _plot(rows, experts, args)
         console.print(f"wrote {args.plot}")
@@ -210,15 +195,9 @@ def _pct(x: Optional[float]) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _write_text(path: str, text: str) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, p)
-
-
 def _plot(rows, experts, args) -> None:
+    from ..errors import UserError
+
     try:
         import matplotlib
 
@@ -239,39 +218,26 @@ def _plot(rows, experts, args) -> None:
     ax.set_title(f"{Path(args.a).stem} vs {Path(args.b).stem}")
     ax.legend()
     fig.tight_layout()
-    out = Path(args.plot)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_file(args.plot) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, out)
 
 
 # ---- allocate and prune -------------------------------------------------------------------------
 
 
 def _budget_widths(args, scores, d_model: int) -> List[List[int]]:
-    from .allocate import (
-        allocate_widths,
-        budget_neurons_for_width,
-        neurons_for_params,
-        parse_count,
-    )
+    from ..errors import UserError
+    from .allocate import allocate_for_budget, parse_count
 
-    n_experts = len(scores.widths[0])
-    experts = _ints(args.experts, "--experts") if args.experts else list(range(1, n_experts))
-    if 0 in experts and not getattr(args, "prune_public", True):
+    if args.experts and 0 in args.experts and not getattr(args, "prune_public", True):
         raise UserError("--experts includes the public expert 0; pass --prune-public to prune it")
-    if args.budget_width is not None:
-        if args.budget_width <= 0:
-            raise UserError(f"--budget-width must be positive, got {args.budget_width}")
-        budget = budget_neurons_for_width(scores.num_layers, experts, args.budget_width)
-    else:
-        budget = neurons_for_params(parse_count(args.budget), d_model)
-    return allocate_widths(
+    return allocate_for_budget(
         scores,
-        budget,
-        experts=experts,
+        budget_width=args.budget_width,
+        budget_params=None if args.budget is None else parse_count(args.budget),
+        d_model=d_model,
+        experts=args.experts,
         multiple=args.multiple,
         min_width=args.min_width,
         normalize=args.normalize,
@@ -281,6 +247,7 @@ def _budget_widths(args, scores, d_model: int) -> List[List[int]]:
 def _allocate(args) -> int:
     from rich.console import Console
 
+    from ..errors import UserError
     from .scores import ImportanceScores
 
     scores = ImportanceScores.load(args.scores)
@@ -290,7 +257,7 @@ def _allocate(args) -> int:
     widths = _budget_widths(args, scores, d_model)
     _print_widths(Console(), scores.widths, widths, d_model)
     if args.out:
-        _write_text(args.out, json.dumps({"expert_widths": widths, "scores": args.scores}, indent=1))
+        write_atomic(args.out, json.dumps({"expert_widths": widths, "scores": args.scores}, indent=1))
     return 0
 
 
@@ -313,7 +280,8 @@ def _print_widths(console, original, widths, d_model: int) -> None:
 def _prune(args) -> int:
     from rich.console import Console
 
-    from ..checkpoint import read_model_config, resolve_checkpoint
+    from ..checkpoint import check_output, read_model_config, resolve_checkpoint
+    from ..errors import UserError
     from ..models import expert_widths_per_layer
     from .allocate import check_widths, keep_indices, uniform_widths
     from .scores import ImportanceScores, checkpoint_fingerprint
@@ -329,7 +297,7 @@ def _prune(args) -> int:
     scores = ImportanceScores.load(args.scores)
     scores.check_model(original, checkpoint_fingerprint(src), what=f"the checkpoint {src}")
     if args.widths is not None:
-        widths = uniform_widths(original, _ints(args.widths, "--widths"), prune_public=args.prune_public)
+        widths = uniform_widths(original, args.widths, prune_public=args.prune_public)
     elif args.widths_file is not None:
         try:
             widths = json.loads(Path(args.widths_file).read_text())["expert_widths"]

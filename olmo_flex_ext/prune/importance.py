@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
@@ -32,16 +31,18 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.distributed as dist
+from olmo_core.distributed.utils import get_rank, get_world_size
 
+from ..atomic import atomic_file
 from ..data.tokens import TokenFiles, Window
 from ..errors import UserError
+from ..progress import progress_bar
 from .scores import ImportanceScores, module_fingerprint
 
 __all__ = [
     "METHODS",
     "ImportanceAccumulator",
     "compute_importance",
-    "load_teacher",
     "expert_mlps",
 ]
 
@@ -169,9 +170,8 @@ class _Progress:
     flat: torch.Tensor
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"identity": self.identity, "done": self.done, "flat": self.flat.cpu()}, tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            torch.save({"identity": self.identity, "done": self.done, "flat": self.flat.cpu()}, tmp)
 
     @classmethod
     def load(cls, path: Path, identity: Dict[str, Any]) -> Optional["_Progress"]:
@@ -182,25 +182,6 @@ class _Progress:
             log.warning("Ignoring %s: it belongs to another scoring run (model, data or settings)", path)
             return None
         return cls(identity, int(state["done"]), state["flat"])
-
-
-def _rank_world() -> tuple:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def load_teacher(
-    path: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32
-) -> torch.nn.Module:
-    """A checkpoint's model in eval mode on ``device`` (built on meta, so nothing is initialised
-    twice; weights land directly where they are used)."""
-    from ..checkpoint import load_state_dict, read_model_config
-
-    model = read_model_config(path).build(init_device="meta")
-    model.to_empty(device=device)
-    load_state_dict(model, path)
-    return model.to(dtype=dtype).eval()
 
 
 def compute_importance(
@@ -224,7 +205,7 @@ def compute_importance(
     there (atomically) about every ``save_every`` sequences, a rerun with the same model, data and
     settings continues from them (at any world size), and the file is removed when done.
     """
-    rank, world = _rank_world()
+    rank, world = get_rank(), get_world_size()
     windows = data.sample_windows(seq_len, num_seqs)
     mlps = expert_mlps(model)
     device = next(model.parameters()).device
@@ -249,16 +230,18 @@ def compute_importance(
 
     per_round = world * batch_size
     sync_rounds = max(1, save_every // per_round)
-    bar = _progress_bar(progress and rank == 0, num_seqs, done)
-    with bar as (advance), delta.attach(model), torch.inference_mode():
+    bar = progress_bar(
+        "importance", num_seqs, completed=done, unit="sequences", enabled=progress and rank == 0
+    )
+    with bar as advance, delta.attach(model), torch.inference_mode():
         rounds = 0
         while done < num_seqs:
             mine = windows[done + rank * batch_size : min(done + (rank + 1) * batch_size, num_seqs)]
             if mine:
                 model(_batch(data, mine, device))
+            advance(min(done + per_round, num_seqs) - done)
             done = min(done + per_round, num_seqs)
             rounds += 1
-            advance(done)
             if rounds % sync_rounds == 0 or done >= num_seqs:
                 _sync(delta, total, world)
                 if state_file is not None and rank == 0 and done < num_seqs:
@@ -292,21 +275,3 @@ def _sync(delta: ImportanceAccumulator, total: ImportanceAccumulator, world: int
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     total.load_flat(total.flat() + flat)
     delta.load_flat(torch.zeros_like(flat))
-
-
-@contextlib.contextmanager
-def _progress_bar(show: bool, total: int, done: int):
-    if not show:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    ) as p:
-        task = p.add_task("importance (sequences)", total=total, completed=done)
-        yield lambda n: p.update(task, completed=n)

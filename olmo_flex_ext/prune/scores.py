@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
@@ -103,18 +101,12 @@ class ImportanceScores:
         """Write atomically (temp file in the same directory, then rename)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from ..atomic import atomic_file
+
         meta = {"format": FORMAT, **{k: str(v) for k, v in self.metadata.items()}}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(self.tensors(), tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        with atomic_file(path) as tmp:
+            save_file(self.tensors(), str(tmp), metadata=meta)
+        return Path(path)
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "ImportanceScores":

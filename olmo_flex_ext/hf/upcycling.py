@@ -27,8 +27,9 @@ from ..checkpoint import (
 )
 from ..models import Widths, _per_layer, with_expert_widths
 from ..nn.moe import variable_moe_config
+from ..progress import progress_bar
 from .config import block_configs, hf_token_ids
-from .convert import hf_lazy_state, progress
+from .convert import hf_lazy_state
 from .files import is_hf_dir, reporting
 from .state import EXPERT_RE, check_state, experts_from_hf
 
@@ -215,8 +216,8 @@ def upcycle(
             "tensor" if router_from is not None else f"random (std {ROUTER_INIT_STD}, seed {seed})"
         ),
     )
-    with progress(len(new_state), "upcycling") as advance:
-        lazy = {k: reporting(k, t, advance) for k, t in new_state.items()}
+    with progress_bar("upcycling", len(new_state), unit="tensors", transient=True) as advance:
+        lazy = {k: reporting(k, t, lambda _: advance()) for k, t in new_state.items()}
         return save_model(out, moe_config, lazy, overwrite=overwrite, info=info)
 
 
