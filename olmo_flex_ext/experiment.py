@@ -32,6 +32,7 @@ from .checkpoint import check_shapes, resolve_checkpoint
 __all__ = [
     "ExperimentConfig",
     "load_experiment",
+    "resolve_model",
     "train",
     "world_size",
     "check_parallelism",
@@ -104,14 +105,24 @@ def load_experiment(path: str, overrides: Optional[List[str]] = None) -> Experim
         )
     if overrides:
         config = config.merge([o if o.startswith("--") else f"--{o}" for o in overrides])
+    return resolve_model(config, path)
+
+
+def resolve_model(config: ExperimentConfig, source: str = "the experiment") -> ExperimentConfig:
+    """Complete a config (from a train config file, or built in code): the dataset's index cache
+    in the run folder, the model config from the checkpoint the run starts from when ``model`` is
+    None, ``freeze_params`` added to the model's. ``source`` names the config in errors. Returns
+    ``config`` (changed in place)."""
     set_dataset_work_dir(config)
     if config.model is None:
-        config.model = _model_from_checkpoint(config, path)
+        config.model = _model_from_checkpoint(config, source)
+        # What the checkpoint's own run froze (e.g. all but one expert) is not this run's choice.
+        config.model.freeze_params = None
         vocab = config.dataset.tokenizer.vocab_size
         if config.model.vocab_size < vocab:
             raise OLMoConfigurationError(
                 f"the checkpoint's model has a vocabulary of {config.model.vocab_size} but the data "
-                f"of {path} uses {vocab} token ids; use a train config with matching data"
+                f"of {source} uses {vocab} token ids; use a train config with matching data"
             )
     extra = getattr(config, "freeze_params", None)
     if extra:

@@ -7,7 +7,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from olmo_flex_ext.data.arithmetic import LEVELS, is_held_out, math_problems
-from olmo_flex_ext.data.demo_data import DemoData, DemoDataConfig
+from olmo_flex_ext.data.code import code_documents
+from olmo_flex_ext.data.demo_data import SPLITS, DemoData, DemoDataConfig
 from olmo_flex_ext.data.english import english_documents
 from olmo_flex_ext.data.tokenizer import EOS_TOKEN, PAD_TOKEN, train_bpe_tokenizer
 from olmo_flex_ext.data.tokens import TokenFiles
@@ -43,6 +44,16 @@ def test_math_problems_are_exact_and_splits_disjoint():
     assert [p.text for p in again] == [p.text for p in held[:50]]
 
 
+def test_code_documents_are_deterministic_python():
+    import ast
+
+    docs = list(code_documents(200, seed=3))
+    assert docs == list(code_documents(200, seed=3)) != list(code_documents(200, seed=4))
+    for d in docs:
+        ast.parse(d)  # valid Python
+    assert len(set(docs)) > 190
+
+
 def test_question_split_shares_facts_but_no_question():
     kw = dict(seed=2, levels=[1], split_by="questions")
     train = list(math_problems(2000, split="train", **kw))
@@ -70,8 +81,9 @@ def test_tokenizer_is_deterministic_and_splits_digits(tmp_path):
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
     config = DemoDataConfig(
-        general_train_docs=60, general_math_problems=20, general_eval_docs=10,
-        math_train_problems=300, math_eval_problems=40, vocab_size=512,
+        general_train_docs=60, general_math_problems=20, general_code_docs=5, general_eval_docs=10,
+        math_train_problems=300, math_eval_problems=40, math_distill_problems=100,
+        code_train_docs=30, code_eval_docs=5, vocab_size=512,
     )  # fmt: skip
     return config.build(tmp_path_factory.mktemp("d") / "data")
 
@@ -79,7 +91,7 @@ def demo_data(tmp_path_factory):
 def test_demo_data_directory(demo_data: DemoData):
     tok = Tokenizer.from_file(str(demo_data.tokenizer_dir / "tokenizer.json"))
     assert demo_data.tokenizer().padded_vocab_size() == 512
-    for split in ("general-train", "math-train", "general-eval", "math-eval"):
+    for split in SPLITS:
         files = TokenFiles(demo_data.token_glob(split), np.uint16)
         assert files.num_tokens == demo_data.num_tokens(split) > 0
         tokens = np.concatenate([files.array(i) for i in range(len(files.paths))]).tolist()
@@ -88,12 +100,19 @@ def test_demo_data_directory(demo_data: DemoData):
         expected = [i for d in docs for i in tok.encode(d).ids + [0]]
         assert tokens == expected
     problems = demo_data.math_eval_problems()
-    assert len(problems) == 40 and problems == list(math_problems(40, split="eval", levels=[1, 2]))
-    with open(demo_data.root / "jsonl" / "general-train.jsonl") as f:
-        general = [json.loads(line)["text"] for line in f]
-    assert len(general) == 80
+    kw = dict(levels=[1], split_by="questions")
+    assert len(problems) == 40 and problems == list(math_problems(40, split="eval", **kw))
+    texts = {}
+    for split in ("general-train", "math-train", "math-distill", "code-train"):
+        with open(demo_data.root / "jsonl" / f"{split}.jsonl") as f:
+            texts[split] = [json.loads(line)["text"] for line in f]
+    general = texts["general-train"]
+    assert len(general) == 85
     mixed_in = [t for t in general if t.startswith("Question: ")]
     assert len(mixed_in) == 20 and all(" * " in t for t in mixed_in)  # other operations
+    assert len([t for t in general if t.startswith(("def ", "class "))]) == 5  # some code
+    assert texts["math-distill"] == texts["math-train"][:100]  # distilled on training problems
+    assert texts["code-train"] == list(code_documents(30, seed=0))
     assert not list(demo_data.root.parent.glob(".data.tmp-*"))
 
 

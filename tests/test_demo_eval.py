@@ -13,7 +13,7 @@ from olmo_flex_ext.data.arithmetic import math_problems
 from olmo_flex_ext.data.english import english_documents
 from olmo_flex_ext.data.tokenizer import train_bpe_tokenizer
 from olmo_flex_ext.eval.arithmetic import answer_loss, encode_problems, evaluate_math
-from olmo_flex_ext.eval.callback import FlexEvalCallback, MetricsFileCallback, read_metrics
+from olmo_flex_ext.eval.callback import FlexEvalCallback
 from olmo_flex_ext.eval.lm import token_file_loss
 from olmo_flex_ext.models import olmo2_dense
 
@@ -162,17 +162,6 @@ def test_eval_callback_records_metrics(model, tok_dir, tmp_path):
     cb.post_step()
     assert not recorded  # not an eval step
     model.eval()
-
-
-def test_metrics_file_keeps_last_value_per_step(tmp_path):
-    cb = MetricsFileCallback()
-    cb.trainer = SimpleNamespace(save_folder=str(tmp_path))
-    cb.log_metrics(1, {"train/CE loss": 3.0})
-    cb.log_metrics(2, {"train/CE loss": 2.0, "eval/x": 1.0})
-    cb.log_metrics(2, {"train/CE loss": 1.5})  # a resumed run logs step 2 again
-    with open(tmp_path / "metrics.jsonl", "a") as f:
-        f.write('{"step": 3, "train/CE')  # cut by an interruption
-    assert read_metrics(tmp_path) == {"train/CE loss": {1: 3.0, 2: 1.5}, "eval/x": {2: 1.0}}
 
 
 def test_exact_match_rule():

@@ -1,10 +1,12 @@
-"""The demo's data set: generated general English and arithmetic, a BPE tokenizer trained on them,
-and OLMo-core token files, built offline in seconds and identical on every machine.
+"""The demo's data set: generated general English, arithmetic and small Python programs, a BPE
+tokenizer trained on them, and OLMo-core token files, built offline in seconds and identical on
+every machine. General text trains the public model; arithmetic is the math expert's domain and
+code the second expert's (composition).
 
 Layout of the data directory (built in a temp dir and renamed into place, so it exists only when
 complete; ``data.json`` records the settings and counts it was made from)::
 
-    jsonl/{general-train,general-eval,math-train,math-eval}.jsonl   documents ("text" field)
+    jsonl/{general,math,code}-{train,eval}.jsonl, math-distill.jsonl   documents ("text" field)
     tokenizer/                  tokenizer.json + tokenizer_config.json (EOS id 0, PAD id 1)
     tokens/<split>/part-*.npy   OLMo-core token files (uint16), one directory per JSONL file
     data.json
@@ -24,13 +26,17 @@ from typing import Any, Dict, Iterable, List, Union
 from olmo_core.data import TokenizerConfig
 
 from .arithmetic import Problem, math_problems
+from .code import code_documents
 from .english import english_documents
 from .tokenize import tokenize_jsonl
 from .tokenizer import tokenizer_config, train_bpe_tokenizer
 
 __all__ = ["DemoDataConfig", "DemoData", "SPLITS", "read_problems"]
 
-SPLITS = ("general-train", "general-eval", "math-train", "math-eval")
+SPLITS = (
+    "general-train", "general-eval", "math-train", "math-eval", "math-distill", "code-train",
+    "code-eval",
+)  # fmt: skip
 
 
 @dataclass
@@ -43,14 +49,26 @@ class DemoDataConfig:
     some arithmetic, as web text does, but of other operations (``general_math_ops``) than the
     math domain's additions and subtractions."""
     general_math_ops: List[str] = field(default_factory=lambda: ["*"])
+    general_code_docs: int = 600
+    """Programs mixed into the general corpus (a few % of its tokens), as public web text holds
+    some code; the code domain has many more."""
     general_eval_docs: int = 200
     math_train_problems: int = 30000
     math_eval_problems: int = 300
-    math_levels: List[int] = field(default_factory=lambda: [1, 2])
-    """Difficulty levels (digits of the larger operand) of the problems."""
-    math_split_by: str = "facts"
-    """Held-out problems share no ``"facts"`` (operation and operands) or no ``"questions"``
-    (question texts) with the training problems."""
+    math_distill_problems: int = 16000
+    """The first problems of the math training set, tokenized on their own: the data the pruned
+    experts are distilled on (the teacher's top-k store covers exactly these)."""
+    math_levels: List[int] = field(default_factory=lambda: [1])
+    """Difficulty levels (digits of the larger operand) of the problems. One digit: the 155
+    addition and subtraction facts, which a tiny expert can learn in a few hundred steps."""
+    math_split_by: str = "questions"
+    """Held-out problems share no ``"questions"`` (question texts: a known fact asked in a new
+    story or wording) or no ``"facts"`` (operation and operands) with the training problems.
+    Unseen facts of one-digit arithmetic cannot be inferred by a tiny model, so the demo holds
+    out questions: accuracy measures reading the operands and recalling the fact."""
+    code_train_docs: int = 5000
+    """Programs of the second domain (about 90 tokens each)."""
+    code_eval_docs: int = 150
     vocab_size: int = 1024
     seed: int = 0
 
@@ -60,12 +78,14 @@ class DemoDataConfig:
 
         with atomic_output_dir(root, overwrite=overwrite) as tmp:
             problems = {
-                "train": math_problems(
-                    self.math_train_problems,
-                    split="train",
-                    seed=self.seed,
-                    levels=self.math_levels,
-                    split_by=self.math_split_by,
+                "train": list(
+                    math_problems(
+                        self.math_train_problems,
+                        split="train",
+                        seed=self.seed,
+                        levels=self.math_levels,
+                        split_by=self.math_split_by,
+                    )
                 ),
                 "eval": math_problems(
                     self.math_eval_problems,
@@ -79,6 +99,9 @@ class DemoDataConfig:
                 "general-train": self._general_train(),
                 "general-eval": english_documents(self.general_eval_docs, seed=self.seed + 1),
                 "math-train": (p.text for p in problems["train"]),
+                "math-distill": (p.text for p in problems["train"][: self.math_distill_problems]),
+                "code-train": code_documents(self.code_train_docs, seed=self.seed),
+                "code-eval": code_documents(self.code_eval_docs, seed=self.seed + 1),
             }
             (tmp / "jsonl").mkdir()
             for split, docs in texts.items():
@@ -88,7 +111,8 @@ class DemoDataConfig:
             )
             train_bpe_tokenizer(
                 _iter_jsonl_texts(
-                    tmp / "jsonl" / f"{s}.jsonl" for s in ("general-train", "math-train")
+                    tmp / "jsonl" / f"{s}.jsonl"
+                    for s in ("general-train", "math-train", "code-train")
                 ),
                 tmp / "tokenizer",
                 vocab_size=self.vocab_size,
@@ -107,7 +131,7 @@ class DemoDataConfig:
         return DemoData(root)
 
     def _general_train(self) -> List[str]:
-        """Stories with training problems mixed in at deterministic random places."""
+        """Stories with problems and programs mixed in at deterministic random places."""
         import random
 
         docs = list(english_documents(self.general_train_docs, seed=self.seed))
@@ -116,6 +140,7 @@ class DemoDataConfig:
             levels=self.math_levels, split_by=self.math_split_by, ops=self.general_math_ops,
         )  # fmt: skip
         docs += [p.text for p in extra]
+        docs += code_documents(self.general_code_docs, seed=self.seed + 1000)
         random.Random(f"general-mix-{self.seed}").shuffle(docs)
         return docs
 

@@ -13,8 +13,6 @@ _EXPORTS = {
     "next_token_losses": "lm",
     "token_file_loss": "lm",
     "FlexEvalCallback": "callback",
-    "MetricsFileCallback": "callback",
-    "read_metrics": "callback",
     "run_math2": "harness",
 }
 

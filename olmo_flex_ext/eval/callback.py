@@ -3,27 +3,22 @@
 :class:`FlexEvalCallback` evaluates the model being trained every ``eval_interval`` steps (and at
 the end) on held-out math problems (greedy exact-match accuracy, answer loss) and held-out general
 text (loss), and records the numbers with ``trainer.record_metric`` under ``eval/...``, so they reach
-the console, W&B and every other metric sink like the training loss does.
-
-:class:`MetricsFileCallback` appends every logged metric to ``<save_folder>/metrics.jsonl`` (rank
-0), which the demo report reads to draw training curves without W&B.
+the console, W&B and every other metric sink like the training loss does (the run folder's
+``metrics.jsonl`` too: :class:`olmo_flex_ext.callbacks.MetricsLogCallback`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
-from olmo_core.distributed.utils import get_rank, get_world_size
+from olmo_core.distributed.utils import get_world_size
 from olmo_core.train.callbacks import Callback
 
-__all__ = ["FlexEvalCallback", "MetricsFileCallback", "read_metrics"]
+__all__ = ["FlexEvalCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -114,41 +109,3 @@ class FlexEvalCallback(Callback):
             and not (self.eval_interval and self.step % self.eval_interval == 0)
         ):
             self._run()
-
-
-@dataclass
-class MetricsFileCallback(Callback):
-    """Appends ``{"step": N, metric: value, ...}`` lines to ``<save_folder>/metrics.jsonl``."""
-
-    filename: str = "metrics.jsonl"
-    enabled: bool = True
-
-    def log_metrics(self, step: int, metrics: Dict[str, float]) -> None:
-        if not self.enabled or get_rank() != 0:
-            return
-        path = Path(self.trainer.save_folder) / self.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def read_metrics(path: str | Path) -> Dict[str, Dict[int, float]]:
-    """``metric -> {step: value}`` from a ``metrics.jsonl`` (a resumed run's repeated steps keep
-    the last value)."""
-    out: Dict[str, Dict[int, float]] = {}
-    p = Path(path)
-    if p.is_dir():
-        p = p / "metrics.jsonl"
-    if not p.exists():
-        return out
-    for line in p.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by an interruption
-            continue
-        step = int(record.pop("step"))
-        for k, v in record.items():
-            if isinstance(v, (int, float)) and np.isfinite(v):
-                out.setdefault(k, {})[step] = float(v)
-    return out

@@ -1,0 +1,130 @@
+"""The demo's settings: model size, step counts, learning rates, widths, evaluation sizes.
+
+:func:`demo_config` gives the two presets (the full demo and the shortened ``--quick`` one CI runs).
+Every setting that changes a result is part of :func:`identity`, which ``DIR/demo.json`` records;
+a stage reruns when the settings it was made from change.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+from ..data.demo_data import DemoDataConfig
+
+__all__ = ["RunSettings", "DemoConfig", "demo_config", "identity"]
+
+
+@dataclass
+class RunSettings:
+    """One training run: steps of ``batch_seqs x seq_len`` tokens, peak learning rate (AdamW,
+    cosine decay after a linear warmup), checkpoint interval."""
+
+    steps: int
+    lr: float
+    warmup_steps: int = 20
+    save_interval: int = 50
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and step counts of a demo run."""
+
+    quick: bool
+    data: DemoDataConfig = field(default_factory=DemoDataConfig)
+    d_model: int = 96
+    n_layers: int = 3
+    n_heads: int = 4
+    public_width: int = 384
+    """MLP width of the public model (and of each expert upcycled from it)."""
+    seq_len: int = 64
+    batch_seqs: int = 32
+    public: RunSettings = field(default_factory=lambda: RunSettings(400, 3e-3))
+    """The public model, on general text."""
+    expert: RunSettings = field(default_factory=lambda: RunSettings(400, 5e-3))
+    """The math expert (only its MLP rows train; router rows fixed from domain embeddings)."""
+    width_fractions: List[float] = field(default_factory=lambda: [0.75, 0.5, 0.1875])
+    """Pruned math-expert widths as fractions of the full width (the seed's 8192, 5504 and 2048 of
+    11008 are 74%, 50% and 19%), rounded to ``width_multiple``."""
+    width_multiple: int = 8
+    """Pruned widths are multiples of this (8 of 384 is about 128 of 11008, OLMo-core's usual
+    multiple)."""
+    budget_fraction: float = 0.5
+    """The importance-allocated variant has the neurons of this uniform fraction, spread over
+    layers by importance (multiples of ``width_multiple``, at least one multiple per layer)."""
+    importance_seqs: int = 256
+    """Calibration sequences (of ``seq_len``) for importance, math and general each."""
+    top_k: int = 32
+    """Teacher log-probs kept per token in the distillation store."""
+    distill: RunSettings = field(default_factory=lambda: RunSettings(250, 3e-3))
+    """Each pruned expert's distillation run."""
+    code: RunSettings = field(default_factory=lambda: RunSettings(150, 5e-3))
+    """The second domain expert (code), for composition."""
+    merge_top_k: int = 2
+    """Experts per token in the merged public + math + code model."""
+    router: RunSettings = field(default_factory=lambda: RunSettings(100, 3e-2, warmup_steps=10))
+    """Router-only training of the merged model on a mix of general, math and code data
+    (FlexOlmo's router tuning; every other weight frozen)."""
+    embedding_seqs: int = 64
+    """Sequences per domain for the domain embeddings that initialise router rows."""
+    eval_problems: Optional[int] = None
+    """Held-out problems evaluated (None: all)."""
+    eval_windows: int = 64
+    """Held-out general (and code) windows of ``seq_len`` evaluated."""
+    seed: int = 0
+    margin: float = 0.1
+    """The half-width distilled expert's math answer loss may exceed the full expert's by at most
+    this fraction (see :func:`olmo_flex_ext.report.check_claims`)."""
+    claim_accuracy: bool = True
+    """Whether "the full expert beats no expert" also requires higher accuracy (the quick demo's
+    models are too small for accuracy to be more than noise)."""
+    wandb: bool = True
+    """Log training runs to W&B (not part of a run's identity: results do not depend on it)."""
+
+    def widths(self) -> List[int]:
+        """The uniform pruned widths, widest first."""
+        m = self.width_multiple
+        return [max(m, round(self.public_width * f / m) * m) for f in self.width_fractions]
+
+    def budget_width(self) -> int:
+        m = self.width_multiple
+        return max(m, round(self.public_width * self.budget_fraction / m) * m)
+
+
+def demo_config(quick: bool = False, *, wandb: bool = True, seed: int = 0) -> DemoConfig:
+    """The full demo (about 10 minutes on 2 CPU cores) or the shortened CI variant (``quick``);
+    ``seed`` seeds the generated data and every training run."""
+    config = _full(wandb) if not quick else _quick(wandb)
+    config.seed = config.data.seed = seed
+    return config
+
+
+def _full(wandb: bool) -> DemoConfig:
+    return DemoConfig(quick=False, wandb=wandb)
+
+
+def _quick(wandb: bool) -> DemoConfig:
+    return DemoConfig(
+        quick=True,
+        data=DemoDataConfig(
+            general_train_docs=1500, general_math_problems=2500, general_code_docs=150,
+            general_eval_docs=60, math_train_problems=8000, math_eval_problems=120,
+            math_distill_problems=3000, code_train_docs=1200, code_eval_docs=40,
+        ),
+        d_model=64, n_layers=2, n_heads=4, public_width=192,
+        public=RunSettings(400, 3e-3, save_interval=100),
+        expert=RunSettings(300, 5e-3, save_interval=50),
+        importance_seqs=64, top_k=16,
+        distill=RunSettings(100, 3e-3, save_interval=50),
+        code=RunSettings(100, 5e-3, save_interval=50),
+        router=RunSettings(40, 3e-2, warmup_steps=5, save_interval=20),
+        embedding_seqs=16, eval_windows=16, claim_accuracy=False, wandb=wandb,
+    )  # fmt: skip
+
+
+def identity(config: DemoConfig) -> Dict[str, Any]:
+    """The settings that determine a demo's results (what ``demo.json`` records)."""
+    d = asdict(config)
+    d.pop("wandb")
+    return json.loads(json.dumps(d))

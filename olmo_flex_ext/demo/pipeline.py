@@ -1,0 +1,288 @@
+"""The demo's stages, in order (each one ``StageRunner.run`` call, each a call into the library):
+
+``data`` -> ``public`` (train) -> ``upcycle`` (domain embeddings, 2-expert models) ->
+``math-expert`` (train) -> ``importance`` (math and general calibration) -> ``topk-store`` ->
+``distill-<variant>`` (prune + KD train, per width) -> ``eval-<row>`` -> composition
+(``code-expert``, ``merge``, ``compose-<row>``) -> ``report``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from .runner import Job, StageRunner
+
+if TYPE_CHECKING:
+    from ..data.demo_data import DemoData
+    from .config import DemoConfig
+
+__all__ = ["Demo", "Variant", "DOMAINS"]
+
+DOMAINS = ("general", "math", "code")
+"""Domain embeddings, in router-row order: the public expert's domain first."""
+
+
+@dataclass
+class Variant:
+    """One pruned width of the math expert: uniform, or allocated by importance at a budget."""
+
+    name: str
+    widths: List[List[int]]
+    budget_width: Optional[int] = None
+
+
+@dataclass
+class Demo:
+    """One demo directory: its config, data and stage runner."""
+
+    out: Path
+    config: DemoConfig
+    pool: Any = None
+    """Worker processes for stages that run side by side (:func:`.runner.worker_pool`)."""
+    runner: StageRunner = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.runner = StageRunner(self.out, self.pool)
+
+    def __getstate__(self) -> Dict[str, Any]:  # what a worker process gets: no pool
+        return {**self.__dict__, "pool": None}
+
+    @property
+    def data(self) -> DemoData:
+        from ..data.demo_data import DemoData
+
+        return DemoData(self.out / "data")
+
+    def path(self, *parts: str) -> Path:
+        return self.out.joinpath(*parts)
+
+    # Stages ---------------------------------------------------------------------------------
+
+    def stage_data(self) -> Dict[str, Any]:
+        from ..data.demo_data import DemoData
+
+        root = self.path("data")
+        if root.exists():  # built atomically, so complete; rebuilt if made with other settings
+            existing = DemoData(root)
+            if existing.manifest["config"] == asdict(self.config.data):
+                return existing.manifest["counts"]
+        return self.config.data.build(root, overwrite=True).manifest["counts"]
+
+    def stage_public(self) -> Dict[str, Any]:
+        from ..checkpoint import resolve_checkpoint
+        from .runs import public_experiment, run_experiment
+
+        experiment = public_experiment(self.config, self.data, self.path("runs", "public"))
+        run_experiment(experiment)
+        return {"checkpoint": str(resolve_checkpoint(experiment.trainer.save_folder))}
+
+    def stage_upcycle(self, public: str) -> Dict[str, Any]:
+        """Domain embeddings (mean router inputs per layer) of the general, math and code
+        corpora, then one 2-expert model per domain expert, upcycled from the public model with
+        router rows [general, domain]."""
+        import torch
+
+        from ..compose import compute_domain_embeddings, save_domain_embeddings
+        from ..hf.upcycling import upcycle
+
+        c, models = self.config, self.path("models")
+        # An upcycled model computes the public model's function whatever its router rows (all
+        # experts are the same MLP, top_k = all), so its router inputs are the public model's.
+        probe = upcycle(public, models / "upcycled-probe", num_experts=2, overwrite=True)
+        emb = compute_domain_embeddings(
+            probe,
+            {d: self.data.token_glob(f"{d}-train") for d in DOMAINS},
+            seq_len=c.seq_len,
+            num_seqs=c.embedding_seqs,
+            progress=False,
+        )
+        shutil.rmtree(probe)
+        out: Dict[str, Any] = {
+            "embeddings": str(
+                save_domain_embeddings(models / "domain-embeddings.safetensors", emb, overwrite=True)
+            )
+        }
+        for k, domain in enumerate(DOMAINS[1:], start=1):
+            rows = torch.stack([torch.stack([emb.row(0, i), emb.row(k, i)]) for i in range(c.n_layers)])
+            path = upcycle(
+                public, models / f"upcycled-{domain}", num_experts=2, router_from=rows, overwrite=True
+            )
+            out[domain] = str(path)
+        return out
+
+    def stage_expert(self, name: str, upcycled: str, split: str, run) -> Dict[str, Any]:
+        from ..checkpoint import resolve_checkpoint
+        from .runs import expert_experiment, run_experiment
+
+        experiment = expert_experiment(
+            self.config, self.data, self.path("runs", name), upcycled=upcycled, split=split,
+            run=run, name=name,
+        )  # fmt: skip
+        run_experiment(experiment)
+        return {"checkpoint": str(resolve_checkpoint(experiment.trainer.save_folder))}
+
+    def stage_importance(self, full: str) -> Dict[str, Any]:
+        """Minitron importance of the full model's neurons with math and with general calibration,
+        and per layer the share of the math expert's top-W neurons the two agree on."""
+        from ..checkpoint import load_model
+        from ..data.tokens import TokenFiles, token_dtype
+        from ..prune import compute_importance, topk_overlap
+
+        c = self.config
+        model = load_model(full)
+        out: Dict[str, Any] = {}
+        scores = {}
+        for domain in ("math", "general"):
+            files = TokenFiles(self.data.token_glob(f"{domain}-train"), token_dtype(model.vocab_size))
+            scores[domain] = compute_importance(
+                model, files, seq_len=c.seq_len, num_seqs=c.importance_seqs, source=full,
+                progress=False,
+            )  # fmt: skip
+            out[domain] = str(scores[domain].save(self.path("importance", f"{domain}.safetensors")))
+        out["overlap"] = {
+            str(w): [
+                topk_overlap(m[1], g[1], w)
+                for m, g in zip(scores["math"].scores, scores["general"].scores)
+            ]
+            for w in c.widths()
+        }
+        return out
+
+    def stage_store(self, full: str) -> Dict[str, Any]:
+        from ..distill import TopKStore, generate_store
+
+        c, out = self.config, self.path("topk-store")
+        if out.exists():  # finished (finalised atomically) before this stage's record was written
+            return {"store": str(TopKStore(out).path)}
+        generate_store(
+            full, self.data.token_glob("math-distill"), seq_len=c.seq_len, k=c.top_k, out=out,
+            tokenizer=self.data.tokenizer(), batch_size=c.batch_seqs, progress=False,
+        )  # fmt: skip
+        return {"store": str(out)}
+
+    def variants(self, scores: str) -> List[Variant]:
+        """The uniform pruned widths and the importance-allocated budget variant."""
+        from ..prune import ImportanceScores
+        from ..prune.callback import PruneCallback
+
+        c = self.config
+        out = [Variant(str(w), [[c.public_width, w]] * c.n_layers) for w in c.widths()]
+        budget = c.budget_width()
+        allocate = PruneCallback(budget_width=budget, multiple=c.width_multiple)
+        out.append(Variant(f"budget{budget}", allocate.allocation(ImportanceScores.load(scores)), budget))
+        return out
+
+    def stage_distill(self, v: Variant, teacher: str, scores: str, store: str) -> Dict[str, Any]:
+        from ..checkpoint import resolve_checkpoint
+        from .runs import distill_experiment, run_experiment
+
+        folder = self.path("runs", f"distill-{v.name}")
+        experiment = distill_experiment(
+            self.config, self.data, folder, teacher=teacher, scores=scores, store=store,
+            widths=v.widths, budget_width=v.budget_width, name=f"distill-{v.name}",
+        )  # fmt: skip
+        run_experiment(experiment)
+        return {
+            "pruned": str(folder / "prune" / "start"),
+            "checkpoint": str(resolve_checkpoint(folder)),
+            "widths": v.widths,
+        }
+
+    def stage_eval(self, name: str, kind: str, checkpoint: str) -> Dict[str, Any]:
+        from .evaluate import result_row
+
+        return result_row(name, kind, checkpoint, self.data, self.config)
+
+    # The pipeline ---------------------------------------------------------------------------
+
+    def run(self) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+        """Run (or continue) every stage; returns the results rows and the composition rows.
+        Stages in one ``run_all`` call are independent and may run side by side."""
+        from .composition import merge_job, router_job, run_composition
+
+        c, r = self.config, self.runner
+        cfg = asdict(c)
+        model = {k: cfg[k] for k in ("d_model", "n_layers", "n_heads", "public_width", "seq_len", "batch_seqs", "seed")}
+
+        r.run("data", {"data": cfg["data"]}, self.stage_data)
+        public = r.run(
+            "public", {"model": model, "run": cfg["public"], "after": r.upstream("data")},
+            self.stage_public, clean=[self.path("runs", "public")],
+        )["checkpoint"]  # fmt: skip
+        eval_public, upcycled = r.run_all([
+            self.eval_job("public", "public", public, "public"),
+            Job("upcycle", {"embedding_seqs": c.embedding_seqs, "after": r.upstream("public")},
+                partial(self.stage_upcycle, public)),
+        ])  # fmt: skip
+        experts = [("math-expert", "math", c.expert), ("code-expert", "code", c.code)]
+        full, code = (
+            out["checkpoint"]
+            for out in r.run_all([
+                Job(name, {"run": asdict(run), "after": r.upstream("upcycle")},
+                    partial(self.stage_expert, name, upcycled[domain], f"{domain}-train", run),
+                    [self.path("runs", name)])
+                for name, domain, run in experts
+            ])
+        )  # fmt: skip
+        after_full = r.upstream("math-expert")
+        eval_full, importance, store = r.run_all([
+            self.eval_job("full", "full", full, "math-expert"),
+            Job("importance", {"seqs": c.importance_seqs, "widths": c.widths(), "after": after_full},
+                partial(self.stage_importance, full)),
+            Job("topk-store", {"k": c.top_k, "after": after_full}, partial(self.stage_store, full),
+                [self.path("topk-store")]),
+        ])  # fmt: skip
+        variants = self.variants(importance["math"])
+        after = r.upstream("importance", "topk-store")
+        *outputs, merged = r.run_all([
+            Job(f"distill-{v.name}",
+                {"widths": v.widths, "budget_width": v.budget_width, "run": cfg["distill"],
+                 "after": after},
+                partial(self.stage_distill, v, full, importance["math"], store["store"]),
+                [self.path("runs", f"distill-{v.name}")])
+            for v in variants
+        ] + [merge_job(self, full, code, upcycled["embeddings"])])  # fmt: skip
+        distilled = {v.name: out for v, out in zip(variants, outputs)}
+        evals = [
+            self.eval_job(f"{kind}-{v.name}", rkind, distilled[v.name][key], f"distill-{v.name}")
+            for v in variants
+            for kind, rkind, key in (("pruned", "pruned", "pruned"), ("distilled", "pruned+kd", "checkpoint"))
+        ]  # fmt: skip
+        *rows, tuned = r.run_all(evals + [router_job(self, merged["checkpoint"])])
+        rows = [eval_public, eval_full] + rows
+        composition = run_composition(
+            self, rows, public=public, full=full, code=code, merged=merged["checkpoint"],
+            tuned=tuned["checkpoint"],
+        )  # fmt: skip
+        self.report(rows, composition, importance, distilled)
+        return rows, composition
+
+    def eval_settings(self) -> Dict[str, Any]:
+        return {k: getattr(self.config, k) for k in ("eval_problems", "eval_windows", "seq_len")}
+
+    def eval_job(self, name: str, kind: str, checkpoint: str, after: str) -> Job:
+        return Job(
+            f"eval-{name}",
+            {"eval": self.eval_settings(), "after": self.runner.upstream(after)},
+            partial(self.stage_eval, name, kind, checkpoint),
+        )
+
+    def report(
+        self,
+        rows: List[Dict[str, Any]],
+        composition: List[Dict[str, Any]],
+        importance: Dict[str, Any],
+        distilled: Dict[str, Dict[str, Any]],
+    ) -> None:
+        from .report import demo_report
+
+        r = self.runner
+        r.run(
+            "report",
+            {"rows": rows, "composition": composition, "overlap": importance["overlap"]},
+            lambda: demo_report(self, rows, composition, importance, distilled),
+        )

@@ -1,0 +1,143 @@
+"""The quick demo end to end, as CI runs it (``olmo-flex demo --quick``), and its resumption.
+
+The quick models are tiny and briefly trained, so greedy accuracy on the held-out problems is a
+few percent at best and no more than noise; the orderings are asserted on the math answer loss
+(mean nats per answer token), which orders reliably at this scale. The full demo checks accuracy
+too (``report.md`` lists its claims).
+
+Resumption: a run killed (SIGKILL) while the math expert trains, and killed again while a pruned
+expert is being distilled, then continued with the same command, must end with results equal to
+an uninterrupted run. Training is deterministic (seeded, one thread) and a killed training stage
+resumes from its latest OLMo-core checkpoint, so equality is exact.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from olmo_flex_ext.demo import demo_config
+from olmo_flex_ext.report import check_claims, validate_results
+
+pytestmark = pytest.mark.slow
+
+CONFIG = demo_config(quick=True)
+
+
+def _command(out: Path):
+    return [sys.executable, "-m", "olmo_flex_ext.cli", "demo", "--out", str(out), "--quick"]
+
+
+def _env():
+    env = dict(os.environ)
+    env.setdefault("WANDB_MODE", "disabled")
+    return env
+
+
+def _run(out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(out), capture_output=True, text=True, env=_env(), timeout=600)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick") / "demo"
+    start = time.perf_counter()
+    done = _run(out)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(f"quick demo: {time.perf_counter() - start:.0f} s")
+    return out, done.stdout
+
+
+def test_quick_demo_results(quick):
+    out, stdout = quick
+    assert "results" in stdout and "composition and opt-out" in stdout
+    rows = validate_results(out / "results.json")
+    assert [r.kind for r in rows[:2]] == ["public", "full"]
+    variants = [str(w) for w in CONFIG.widths()] + [f"budget{CONFIG.budget_width()}"]
+    assert [r.name for r in rows[2:]] == [f"{k}-{v}" for v in variants for k in ("pruned", "distilled")]
+    assert [r.kind for r in rows[2:]] == ["pruned", "pruned+kd"] * len(variants)
+    public, full = rows[:2]
+    for pruned, kd, width in zip(rows[2::2], rows[3::2], CONFIG.widths() + [None]):
+        assert kd.expert_widths == pruned.expert_widths
+        layers = _per_layer(pruned)
+        assert all(w[0] == CONFIG.public_width for w in layers)  # the public expert is whole
+        if width is not None:
+            assert all(w[1] == width for w in layers)
+        else:  # importance-allocated at the neurons of the 50% width, in multiples
+            assert sum(w[1] for w in layers) == CONFIG.n_layers * CONFIG.budget_width()
+            assert all(w[1] % CONFIG.width_multiple == 0 for w in layers)
+        assert kd.expert_params == pruned.expert_params < full.expert_params
+        assert kd.math_loss < pruned.math_loss, kd.name
+    assert full.math_loss < public.math_loss
+    claims = check_claims(rows, margin=CONFIG.margin, accuracy=False)
+    assert len(claims) == 1 + 4 + 2 and all(c.holds for c in claims), claims
+
+
+def _per_layer(row):
+    w = row.expert_widths
+    return w if isinstance(w[0], list) else [w] * CONFIG.n_layers
+
+
+def test_quick_demo_composition_and_report(quick):
+    out, _ = quick
+    rows = {r["name"]: r for r in json.loads((out / "composition.json").read_text())}
+    assert list(rows) == [
+        "public", "math expert", "code expert", "merged", "merged + router tuning",
+        "tuned, math opted out", "tuned, code opted out",
+    ]  # fmt: skip
+    tuned, public = rows["merged + router tuning"], rows["public"]
+    assert tuned["experts"] == ["public", "math", "code"]
+    assert tuned["expert_widths"] == [CONFIG.public_width] * 3
+    # each expert knows its domain; merged, switching one off loses what it knows and keeps
+    # what the other knows (at quick scale the merged model's routers are barely tuned, so its
+    # own numbers are not asserted)
+    assert rows["math expert"]["math_loss"] < public["math_loss"]
+    assert rows["code expert"]["code_loss"] < public["code_loss"]
+    math_off, code_off = rows["tuned, math opted out"], rows["tuned, code opted out"]
+    assert math_off["math_loss"] > tuned["math_loss"] and math_off["code_loss"] < public["code_loss"]
+    assert code_off["code_loss"] > tuned["code_loss"] and code_off["math_loss"] < public["math_loss"]
+
+    md = (out / "report.md").read_text()
+    assert "## Checks" in md and "## Composition" in md and "| merged + router tuning |" in md
+    for png in ("curves-0.png", "calibration-overlap.png", "width-allocation.png"):
+        assert f"plots/{png}" in md and (out / "plots" / png).stat().st_size > 1000
+    records = [json.loads(p.read_text()) for p in (out / "stages").glob("*.json")]
+    assert all(r["seconds"] >= 0 and r["cpu_seconds"] > 0 for r in records)
+
+
+def _kill_when(out: Path, marker: str, timeout: float = 300.0) -> str:
+    """Start the demo, SIGKILL it as soon as ``out/marker`` exists; returns its output."""
+    log = out.parent / f"{out.name}-{marker.replace('/', '-')}.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(_command(out), stdout=f, stderr=subprocess.STDOUT, env=_env())
+        deadline = time.monotonic() + timeout
+        while not (out / marker).exists():
+            assert proc.poll() is None, f"the demo ended before {marker} appeared"
+            assert time.monotonic() < deadline, f"{marker} did not appear"
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+    return log.read_text()
+
+
+def test_interrupted_quick_demo_ends_with_the_same_results(quick, tmp_path):
+    reference, _ = quick
+    out = tmp_path / "demo"
+    _kill_when(out, f"runs/math-expert/step{CONFIG.expert.save_interval}")
+    assert not (out / "stages" / "math-expert.json").exists()  # killed inside the stage
+    width = CONFIG.widths()[1]
+    second = _kill_when(out, f"runs/distill-{width}/step{CONFIG.distill.save_interval}")
+    assert f"Loading checkpoint from '{out}/runs/math-expert/step" in second  # resumed
+    assert (out / "stages" / "math-expert.json").exists()
+    assert not (out / "stages" / f"distill-{width}.json").exists()
+
+    done = _run(out)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"Loading checkpoint from '{out}/runs/distill-{width}/step" in done.stdout
+    assert "stage math-expert: done" in done.stdout  # finished stages are not redone
+    for name in ("results.json", "composition.json"):
+        assert json.loads((out / name).read_text()) == json.loads((reference / name).read_text())
