@@ -190,3 +190,26 @@ def test_merge_keeps_expert_bias_entries(tmp_path):
     model = load_model(merge_experts(paths, tmp_path / "m", top_k=2, progress=False))
     for block in model.blocks.values():
         assert torch.equal(block.feed_forward_moe.router.expert_bias, torch.tensor([-0.5, -1.0]))
+
+
+def test_7b_router_config_trains_only_the_routers_of_the_checkpoint(tmp_path, monkeypatch):
+    """``train_configs/flex_router.py`` takes a merged model's config from ``--load_path`` (here a
+    small one with dolma2's vocabulary) and freezes everything but its routers."""
+    from olmo_flex_ext.compose import router_only_patterns
+    from olmo_flex_ext.compose.router_training import RouterOnlyCheck
+    from olmo_flex_ext.experiment import load_experiment
+    from olmo_flex_ext.models import tiny_flex
+
+    monkeypatch.setenv("OLMO_FLEX_DATA_ROOT", str(tmp_path / "data"))
+    model_config = tiny_flex((64, 32, 16), top_k=2, vocab_size=100352)
+    model = model_config.build(init_device="cpu")
+    ckpt = save_model(tmp_path / "merged", model_config, model.state_dict())
+    config = load_experiment(
+        str(REPO / "train_configs/flex_router.py"),
+        [f"--load_path={ckpt}", f"--trainer.save_folder={tmp_path / 'run'}"],
+    )
+    assert expert_widths_per_layer(config.model) == expert_widths_per_layer(model_config)
+    assert config.model.freeze_params == router_only_patterns(config.model)
+    assert config.train_module.optim.weight_decay == 0.0
+    assert isinstance(config.trainer.callbacks["router_only_check"], RouterOnlyCheck)
+    assert config.dataset.paths == [f"{tmp_path / 'data'}/router-mix/*.npy"]
