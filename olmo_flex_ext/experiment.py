@@ -34,6 +34,7 @@ __all__ = [
     "load_experiment",
     "resolve_model",
     "train",
+    "build_model",
     "world_size",
     "check_parallelism",
     "parse_override",
@@ -266,7 +267,7 @@ def train(config: ExperimentConfig) -> Trainer:
     Returns the trainer (its ``train_module.model`` holds the trained weights)."""
     set_dataset_work_dir(config)
     seed_all(config.init_seed)
-    model = config.model.build(init_device="meta")
+    model = build_model(config)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     train_module = config.train_module.build(model)
     dataset = config.dataset.build()
@@ -290,6 +291,19 @@ def train(config: ExperimentConfig) -> Trainer:
         return trainer
     trainer.fit()
     return trainer
+
+
+def build_model(config: ExperimentConfig):
+    """The experiment's model on the meta device, ready for its train module: in expert-only
+    training (a :class:`~olmo_flex_ext.train.trainable.TrainableExpertsCallback`) the frozen
+    experts' rows are split off the trainable weights."""
+    from .train.trainable import TrainableExpertsCallback, set_trainable_experts
+
+    model = config.model.build(init_device="meta")
+    for callback in config.trainer.callbacks.values():
+        if isinstance(callback, TrainableExpertsCallback) and callback.enabled:
+            set_trainable_experts(model, callback.experts)
+    return model
 
 
 def finished(trainer: Trainer) -> bool:

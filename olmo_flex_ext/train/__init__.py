@@ -5,7 +5,8 @@ from .trainable import (
     ROUTER_PARAMS,
     TrainableExpertsCallback,
     expert_freeze_patterns,
-    shared_moe_patterns,
+    set_trainable_experts,
+    tolerate_wrappers,
     train_only_experts,
 )
 
@@ -14,6 +15,7 @@ __all__ = [
     "ROUTER_PARAMS",
     "TrainableExpertsCallback",
     "expert_freeze_patterns",
-    "shared_moe_patterns",
+    "set_trainable_experts",
+    "tolerate_wrappers",
     "train_only_experts",
 ]
