@@ -23,7 +23,13 @@ __all__ = [
     "CLOCKS",
 ]
 
-BENCHMARKS: List[str] = ["bench.moe", "bench.routing", "bench.importance", "bench.distill"]
+BENCHMARKS: List[str] = [
+    "bench.moe",
+    "bench.expert_training",
+    "bench.routing",
+    "bench.importance",
+    "bench.distill",
+]
 """Ratio benchmarks (modules with a ``main()``), run in this order by ``python -m bench``."""
 
 MEMORY_BENCHMARKS: List[str] = ["bench.hf_import", "bench.prune", "bench.merge_memory"]
