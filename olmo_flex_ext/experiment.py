@@ -81,9 +81,13 @@ class ExperimentConfig(OLMoExperimentConfig):
         return self.from_dict(data)
 
 
-def load_experiment(path: str, overrides: Optional[List[str]] = None) -> ExperimentConfig:
+def load_experiment(
+    path: str, overrides: Optional[List[str]] = None, model: Optional[TransformerConfig] = None
+) -> ExperimentConfig:
     """Import a train config file, call its ``build_config()`` and apply dotted overrides
-    (``--trainer.save_folder=/tmp/run``, ``--model.block.feed_forward_moe.expert_widths=[96,32]``)."""
+    (``--trainer.save_folder=/tmp/run``, ``--model.block.feed_forward_moe.expert_widths=[96,32]``).
+    ``model`` stands in for the model of a config that takes it from a checkpoint (planning a
+    run without the checkpoint at hand)."""
     file = Path(path)
     if not file.is_file():
         raise OLMoConfigurationError(
@@ -104,6 +108,8 @@ def load_experiment(path: str, overrides: Optional[List[str]] = None) -> Experim
         raise OLMoConfigurationError(
             f"{path}: build_config() returned {type(config).__name__}, not an ExperimentConfig"
         )
+    if model is not None and config.model is None:
+        config.model = model
     if overrides:
         config = config.merge([o if o.startswith("--") else f"--{o}" for o in overrides])
     return resolve_model(config, path)

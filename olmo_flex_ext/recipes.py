@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from olmo_core.config import DType
 from olmo_core.data import NumpyDataLoaderConfig, NumpyFSLDatasetConfig, TokenizerConfig
 from olmo_core.data.types import NumpyDatasetDType
 from olmo_core.distributed.parallel import DataParallelType
@@ -18,6 +19,7 @@ from olmo_core.optim import AdamWConfig, CosWithWarmup
 from olmo_core.train import Duration, TrainerConfig
 from olmo_core.train.callbacks import Callback, ConfigSaverCallback
 from olmo_core.train.train_module import (
+    TransformerActivationCheckpointingConfig,
     TransformerDataParallelConfig,
     TransformerTrainModuleConfig,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "flex_math_7b",
     "data_root",
     "fsdp",
+    "BF16",
     "TINY_TOKENIZER",
 ]
 
@@ -40,9 +43,17 @@ TINY_TOKENIZER = TokenizerConfig(vocab_size=512, eos_token_id=0, pad_token_id=1)
 """Tokenizer of the synthetic tiny data (ids 0..511, EOS 0)."""
 
 
-def fsdp() -> TransformerDataParallelConfig:
-    """FSDP2 in float32 (used when the run has several ranks; ignored for one process)."""
-    return TransformerDataParallelConfig(name=DataParallelType.fsdp)
+def fsdp(param_dtype: Optional[DType] = None) -> TransformerDataParallelConfig:
+    """FSDP2 (used when the run has several ranks; ignored for one process): parameters gathered
+    and computed in ``param_dtype`` (default: as stored, float32), gradients reduced in float32;
+    the stored (sharded) parameters and the optimizer state stay float32."""
+    return TransformerDataParallelConfig(
+        name=DataParallelType.fsdp, param_dtype=param_dtype, reduce_dtype=DType.float32
+    )
+
+
+BF16 = DType.bfloat16
+"""The 7B configs' compute precision (OLMo-core's 7B recipes): ``fsdp(BF16)``."""
 
 
 def flex_experiment(
@@ -67,8 +78,13 @@ def flex_experiment(
     metrics_collect_interval: int = 5,
     seed: int = 12536,
     extra_callbacks: Optional[Dict[str, Callback]] = None,
+    param_dtype: Optional[DType] = None,
+    compile_model: bool = False,
+    ac_config: Optional[TransformerActivationCheckpointingConfig] = None,
 ) -> ExperimentConfig:
-    """An experiment training ``model`` on OLMo-core token files with AdamW and cosine decay."""
+    """An experiment training ``model`` on OLMo-core token files with AdamW and cosine decay;
+    ``param_dtype``, ``compile_model`` and ``ac_config`` are the train module's speed and memory
+    settings (:func:`fsdp`; OLMo-core compiles on CUDA only)."""
     dataset = NumpyFSLDatasetConfig(
         paths=data_paths,
         expand_glob=any(ch in p for p in data_paths for ch in "*?["),
@@ -86,7 +102,9 @@ def flex_experiment(
         optim=AdamWConfig(lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95)),
         scheduler=CosWithWarmup(warmup=warmup_steps),
         max_grad_norm=max_grad_norm,
-        dp_config=fsdp(),
+        dp_config=fsdp(param_dtype),
+        compile_model=compile_model,
+        ac_config=ac_config,
     )
     callbacks: Dict[str, Callback] = {
         "checkpointer": FlexCheckpointerCallback(
@@ -178,13 +196,20 @@ def tiny_experiment(
     )
 
 
+FLEX_7B_AC: Optional[TransformerActivationCheckpointingConfig] = None
+"""Activation checkpointing of the 7B configs."""
+
+
 def flex_math_7b(
     domain_width: int, *, extra_callbacks: Optional[Dict[str, Callback]] = None
 ) -> ExperimentConfig:
     """Flex-math-2x7B-1T with the math expert at ``domain_width``, distilled from the unpruned
     model's top-128 store with the seed's settings: AdamW (no weight decay), lr 2e-4 with cosine
-    decay, 12 x 4096 = 49,152 tokens per step, ~228M tokens; only the math expert (expert 1) and
-    its router row train. Paths (overridable): initial weights ``load_path`` (the pruned model),
+    decay, ~228M tokens; only the math expert (expert 1) and its router row train. A step is
+    16 x 4096 = 65,536 tokens (splits over 1, 2, 4, 8 or 16 GPUs). Speed and memory (see
+    docs/performance.md, where the memory plan justifies them): bfloat16 compute with float32
+    gradient reduction and optimizer state, compile, :data:`FLEX_7B_AC` activation checkpointing.
+    Paths (overridable): initial weights ``load_path`` (the pruned model),
     ``dataset.topk_store``, ``train_module.teacher_path``; all under ``$OLMO_FLEX_DATA_ROOT``."""
     from .distill.recipe import with_distillation
     from .models import flex_olmo_2x7b
@@ -198,7 +223,7 @@ def flex_math_7b(
         tokenizer=TokenizerConfig.dolma2(),
         save_folder=f"runs/flex_math_{domain_width}",
         sequence_length=seq,
-        global_batch_tokens=12 * seq,
+        global_batch_tokens=16 * seq,
         microbatch_tokens=seq,
         max_duration=Duration.tokens(228_000_000),
         lr=2e-4,
@@ -209,6 +234,9 @@ def flex_math_7b(
         wandb_name=f"flex-math-{domain_width}",
         load_path=f"{root}/checkpoints/flex-math-{domain_width}-pruned",
         extra_callbacks=extra_callbacks,
+        param_dtype=BF16,
+        compile_model=True,
+        ac_config=FLEX_7B_AC,
     )
     config = with_distillation(
         config,

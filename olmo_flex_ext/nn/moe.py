@@ -211,6 +211,10 @@ class VariableMoEMLP(MoEMLPBase):
         self.w3 = nn.Parameter(torch.empty(total, d_model, device=init_device, dtype=dtype))
         self.frozen_experts: List[int] = []
         """Experts whose rows live in ``w*_frozen`` (empty: ``w1/w2/w3`` hold every expert)."""
+        self.assumed_routing: Optional[str] = None
+        """For memory plans on fake tensors, which have no values to count: the routed path takes
+        the tokens per expert as ``"balanced"`` (even over the active experts) or ``"worst"``
+        (every token to the ``top_k`` widest) instead of counting them. ``None``: counted."""
         self.probe = ExpertProbe()
         self.register_state_dict_post_hook(_fused_state)
         self.register_load_state_dict_pre_hook(_split_state)
@@ -349,15 +353,40 @@ class VariableMoEMLP(MoEMLPBase):
         assert out is not None
         return out
 
+    def tokens_per_expert(
+        self, expert_indices: torch.Tensor, active: Optional[Sequence[int]] = None
+    ) -> List[int]:
+        """How many (token, slot) pairs go to each expert: counted, or assumed (see
+        :attr:`assumed_routing`) over the ``active`` experts (default: all)."""
+        if self.assumed_routing is None:
+            return torch.bincount(expert_indices.reshape(-1), minlength=self.num_experts).tolist()
+        n, top_k = expert_indices.shape
+        active = list(range(self.num_experts)) if active is None else list(active)
+        counts = [0] * self.num_experts
+        if self.assumed_routing == "worst":
+            for e in sorted(active, key=lambda e: -self.expert_widths[e])[:top_k]:
+                counts[e] = n
+        elif self.assumed_routing == "balanced":
+            base, extra = divmod(n * top_k, len(active))
+            for i, e in enumerate(active):
+                counts[e] = base + (i < extra)
+        else:
+            raise OLMoConfigurationError(
+                f"assumed routing {self.assumed_routing!r}: use 'balanced' or 'worst'"
+            )
+        return counts
+
     def forward_routed(
         self,
         x: torch.Tensor,
         expert_weights: torch.Tensor,
         expert_indices: torch.Tensor,
         batch_shape: Optional[torch.Size] = None,
+        active: Optional[Sequence[int]] = None,
     ) -> torch.Tensor:
-        """Each expert on the tokens routed to it. ``expert_*``: ``(N, top_k)``, expert ids;
-        ``batch_shape`` is the leading shape of the layer input (reported to probes).
+        """Each expert on the tokens routed to it. ``expert_*``: ``(N, top_k)``, expert ids of
+        the ``active`` experts (default: all); ``batch_shape`` is the leading shape of the layer
+        input (reported to probes).
 
         The (token, slot) pairs are sorted by expert once, so one gather gives every expert a
         contiguous block of its tokens and each expert is three plain matmuls on that block. The
@@ -372,7 +401,7 @@ class VariableMoEMLP(MoEMLPBase):
         n, top_k = expert_indices.shape
         flat = expert_indices.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        counts = self.tokens_per_expert(expert_indices, active)
         tokens = order.div(top_k, rounding_mode="floor")
         x_sorted = x.index_select(0, tokens)
         p_sorted = expert_weights.reshape(-1).index_select(0, order)
@@ -480,7 +509,9 @@ class VariableExperts(ParallelMLPBase):
         else:
             if self._active_index is not None:
                 indices = self._active_index.to(indices.device)[indices]
-            out = self.mlp.forward_routed(x2, weights, indices, batch_shape=shape[:-1])
+            out = self.mlp.forward_routed(
+                x2, weights, indices, batch_shape=shape[:-1], active=self.active_experts
+            )
         return out.reshape(shape).to(x.dtype)
 
 
