@@ -197,7 +197,10 @@ def tiny_experiment(
 
 
 FLEX_7B_AC: Optional[TransformerActivationCheckpointingConfig] = None
-"""Activation checkpointing of the 7B configs."""
+"""Activation checkpointing of the 7B configs: none. The memory plan (docs/performance.md) puts a
+flex_math_5504 step at 40 GiB per GPU on 8 or 16 GPUs without it, well within an 80 GB card, and
+``selected_ops`` (18 GiB) would add 23% more FLOPs of recomputation; on smaller cards, or for a
+larger micro-batch, set ``--train_module.ac_config='{mode: selected_ops}'``."""
 
 
 def flex_math_7b(

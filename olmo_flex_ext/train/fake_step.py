@@ -133,8 +133,10 @@ class _ModulePeaks:
     root), so they are collected and reset before each forward, by a global hook that must be
     registered before the tracker's own."""
 
-    def __init__(self, tracker, model: torch.nn.Module):
+    def __init__(self, tracker, model: torch.nn.Module, first: Optional[torch.nn.Module] = None):
         self.tracker, self.model = tracker, model
+        self.first = first or model
+        """The module that runs first in each micro-batch (an online teacher, or the model)."""
         self.peaks = {"forward": 0, "backward": 0}
 
     def collect(self) -> None:
@@ -149,7 +151,7 @@ class _ModulePeaks:
     def hooked(self):
         def before_forward(module, args):
             del args
-            if module is self.model:
+            if module is self.first:
                 self.collect()
                 self.tracker.reset_mod_stats()
 
@@ -179,32 +181,38 @@ def _categories(snapshot: Dict[str, int]) -> Dict[str, int]:
     return {name: sum(snapshot.get(k, 0) for k in keys) for name, keys in CATEGORIES.items()}
 
 
-@contextlib.contextmanager
-def _gradient_hooks_allowed(model: torch.nn.Module):
-    """``MemTracker`` registers a gradient hook on every parameter, which torch refuses for
-    parameters that never get gradients: they are trainable while it registers them."""
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for p in frozen:
-            p.requires_grad_(False)
+class _NoHook:
+    def remove(self) -> None:
+        pass
+
+
+def _mem_tracker():
+    """torch's ``MemTracker`` (no FSDP), which registers a gradient hook on each parameter of
+    each module it sees run, and torch refuses that for parameters without gradients (frozen
+    weights and expert rows, a teacher): those count as hooked already."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    class _Tracker(MemTracker):
+        def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
+            for p in module.parameters():
+                if not p.requires_grad and p not in self._param_to_grad_hook_handles:
+                    self._param_to_grad_hook_handles[p] = (_NoHook(), _NoHook())
+            return super()._track_module_params_and_buffers(module, install_grad_hooks)
+
+    return _Tracker()
 
 
 def _tracker(model: torch.nn.Module, optim: Optional[torch.optim.Optimizer], inputs: Any):
+    """A memory tracker for ``model`` (FSDP or not), its optimizer and inputs."""
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
-    from torch.distributed._tools.mem_tracker import MemTracker
     from torch.distributed.fsdp import FSDPModule
 
     if isinstance(model, FSDPModule):
         tracker = FSDPMemTracker(mod=model, optm=optim)
         tracker.track_inputs(inputs)
         return tracker
-    tracker = MemTracker()
-    with _gradient_hooks_allowed(model):
-        tracker.track_external(model, *([optim] if optim is not None else []), *inputs)
+    tracker = _mem_tracker()
+    tracker.track_external(model, *([optim] if optim is not None else []), *inputs)
     return tracker
 
 
@@ -248,8 +256,23 @@ def _fake_model(model_config, dtype: torch.dtype):
     return model.to_empty(device="cpu").eval().requires_grad_(False)
 
 
-def _bytes(model: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+def _with_teacher(tracker, peak: Dict[str, int], teacher: torch.nn.Module) -> Dict[str, int]:
+    """The plan's categories of a ``peak`` snapshot with the teacher's weights (alive throughout)
+    as their own category: taken out of whatever category the tracker counted them in (it counts
+    a module's weights when the module runs), or added if it never saw them."""
+    from torch.distributed._tools.common_utils import get_untyped_storages
+
+    peak = dict(peak)
+    weights = 0
+    for t in (*teacher.parameters(), *teacher.buffers()):
+        for storage in get_untyped_storages(t):
+            info, _ = tracker._WINFO.get(storage, (None, None))
+            if info is None:
+                weights += storage.nbytes()
+            else:
+                weights += info.mem_consumed
+                peak[info.reftype] = peak.get(info.reftype, 0) - info.mem_consumed
+    return {"teacher weights": weights, **_categories(peak)}
 
 
 def _score_teacher(student, teacher_config, prune, dtype: torch.dtype) -> Dict[str, Any]:
@@ -269,7 +292,7 @@ def _score_teacher(student, teacher_config, prune, dtype: torch.dtype) -> Dict[s
             teacher(x)
         del acc, x
     peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]
-    categories = {"teacher weights": _bytes(teacher), **_categories(peak)}
+    categories = _with_teacher(tracker, peak, teacher)
     return {"peak": sum(categories.values()), "categories": categories}
 
 
@@ -327,7 +350,7 @@ def simulate(
         tracker = _tracker(model, train_module.optim, tuple(batch.values()))
         flops = _FlopCount()
         marks: List[tuple] = []
-        module_peaks = _ModulePeaks(tracker, model)
+        module_peaks = _ModulePeaks(tracker, model, train_module.teacher if online else None)
         with module_peaks.hooked(), tracker, flops:
             for _ in range(steps):
                 train_module.train_batch(dict(batch))
@@ -337,9 +360,8 @@ def simulate(
                 marks.append(("optimizer step", _running_peak(tracker)))
         peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]
         phase = module_peaks.phase_of(peak["Total"], marks)
-    categories = _categories(peak)
-    if online:  # built before tracking, alive throughout: added to the tracked peak
-        categories["teacher weights"] = _bytes(train_module.teacher)
+    teacher = train_module.teacher if online else None
+    categories = _categories(peak) if teacher is None else _with_teacher(tracker, peak, teacher)
     result.update(
         peak=sum(categories.values()),
         categories=categories,
