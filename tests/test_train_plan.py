@@ -47,9 +47,12 @@ def measure(config_path: str, world_size: int, out: str) -> None:
                 train_module.zero_grads()
     nodes = list(_nodes(prof.profiler.kineto_results.experimental_event_tree()))
     steps = next(n for n in nodes if n.name == "steps")
-    peak = max(n.extra_fields.total_allocated for n in nodes
-               if n.tag == torch._C._profiler._EventType.Allocation
-               and steps.start_time_ns <= n.start_time_ns <= steps.end_time_ns)  # fmt: skip
+    allocs = sorted((n for n in nodes if n.tag == torch._C._profiler._EventType.Allocation),
+                    key=lambda n: n.start_time_ns)  # fmt: skip
+    # the running total starts at what an earlier profile in this process left alive
+    before = allocs[0].extra_fields.total_allocated - allocs[0].extra_fields.alloc_size
+    peak = max(n.extra_fields.total_allocated for n in allocs
+               if steps.start_time_ns <= n.start_time_ns <= steps.end_time_ns) - before  # fmt: skip
     if not dist.is_initialized() or dist.get_rank() == 0:
         Path(out).write_text(json.dumps(peak))
 
@@ -114,3 +117,20 @@ def test_plan_command_finds_the_largest_micro_batch_and_refuses_bad_input(data_r
         errors = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
         assert bad.returncode == 2 and len(errors) == 1 and message in errors[0], bad.stderr
         assert "Traceback" not in bad.stderr and not bad.stdout
+
+
+def test_routed_layers_are_planned_with_an_assumed_routing(data_root):
+    from olmo_flex_ext.nn.moe import VariableMoEMLP
+
+    mlp = VariableMoEMLP(d_model=8, expert_widths=[16, 48, 32])
+    ids = torch.zeros(10, 2, dtype=torch.long)  # the values are never read when assumed
+    mlp.assumed_routing = "balanced"
+    assert mlp.tokens_per_expert(ids) == [7, 7, 6] and mlp.tokens_per_expert(ids, [0, 2]) == [10, 0, 10]
+    mlp.assumed_routing = "worst"  # every token to the top-2 widest experts
+    assert mlp.tokens_per_expert(ids) == [0, 10, 10]
+
+    config = str(ROOT / "train_configs" / "tiny_flex.py")
+    top1 = ["--model.block.feed_forward_moe.router.top_k=1"]
+    balanced = plan_run(config, top1, world_size=1, search=False)
+    worst = plan_run(config, top1, world_size=1, search=False, routing="worst")
+    assert 0 < balanced.step.peak < worst.step.peak

@@ -338,7 +338,10 @@ class VariableMoEMLP(MoEMLPBase):
             x = x.type_as(w1)
             widths = [self.expert_widths[e] for e in on]
             act = F.silu(x @ w1.t()) * (x @ w3.t())
-            per_expert.update(zip(on, zip(act.split(widths, dim=1), w2.split(widths, dim=0))))
+            if len(on) == 1:  # a split of one piece would still cost a copy in backward
+                per_expert[on[0]] = (act, w2)
+            else:
+                per_expert.update(zip(on, zip(act.split(widths, dim=1), w2.split(widths, dim=0))))
         if self._probing():
             for i, e in enumerate(experts):
                 routing = ExpertRouting(e, None, probs[:, i], batch_shape or x.shape[:-1])

@@ -93,6 +93,8 @@ class Plan:
     largest_micro_batch: Optional[int]
     """Largest micro-batch (sequences, dividing the rank's batch) that fits, or None."""
     largest_micro_batch_peak: Optional[int]
+    micro_batch_peaks: Dict[int, int]
+    """Peak per simulated micro-batch size (sequences)."""
     rank_batch: int
     """Sequences per rank per step."""
     tokens_per_step: int
@@ -110,17 +112,18 @@ class Plan:
         return json.dumps(asdict(self), indent=1)
 
     def render(self) -> str:
-        gib = lambda b: f"{b / GIB:.1f}"  # noqa: E731
+        unit, size = ("GiB", GIB) if self.step.peak >= GIB else ("MiB", 1024**2)
+        gib = lambda b: f"{b / size:.1f}"  # noqa: E731
         s = self.settings
         lines = [
             f"plan: {self.config} on {self.world_size} x {self.gpu} "
-            f"({self.capacity / 1e9:.0f} GB, usable {gib(self.usable)} GiB)",
+            f"({self.capacity / 1e9:.0f} GB, usable {self.usable / GIB:.1f} GiB)",
             f"  {s['parallelism']}; parameters in {s['param_dtype']}, gradients reduced in "
             f"{s['reduce_dtype']}; activation checkpointing: {s['activation_checkpointing']}; "
             f"compile: {s['compile']}",
             f"  micro-batch {self.micro_batch} x {s['sequence_length']} tokens, "
             f"{self.rank_batch // self.micro_batch} per step on each rank",
-            f"memory per GPU at the peak ({self.step.phase}), GiB:",
+            f"memory per GPU at the peak ({self.step.phase}), {unit}:",
         ]
         lines += [f"  {name:<24}{gib(b):>8}" for name, b in self.step.categories.items()]
         verdict = "fits" if self.fits else "DOES NOT FIT"
@@ -128,19 +131,21 @@ class Plan:
         if self.pruning is not None:
             fits = "fits" if self.pruning.peak <= self.usable else "DOES NOT FIT"
             lines.append(f"pruning before step 1 (teacher scoring): peak {gib(self.pruning.peak)} "
-                         f"GiB   {fits}")  # fmt: skip
-        if self.largest_micro_batch is None:
+                         f"{unit}   {fits}")  # fmt: skip
+        if not self.micro_batch_peaks:
+            lines.append("largest micro-batch that fits: not searched")
+        elif self.largest_micro_batch is None:
             lines.append("largest micro-batch that fits: none (not even 1 sequence)")
         else:
             lines.append(f"largest micro-batch that fits: {self.largest_micro_batch} sequences "
-                         f"(peak {gib(self.largest_micro_batch_peak or 0)} GiB)")  # fmt: skip
+                         f"(peak {gib(self.largest_micro_batch_peak or 0)} {unit})")  # fmt: skip
         lines.append(f"tokens per step: {self.tokens_per_step:,d}; FLOPs per token: model "
                      f"{self.model_flops_per_token:.3g}, executed {self.executed_flops_per_token:.3g}")  # fmt: skip
         lines.append(f"time per step: {self.step_seconds:.2f} s at {self.mfu:.0%} MFU")
         if self.steps is not None and self.run_gpu_hours is not None:
             hours = self.run_gpu_hours / self.world_size
             lines.append(f"whole run: {self.steps:,d} steps, {hours:.1f} h, "
-                         f"{self.run_gpu_hours:.0f} GPU-hours")  # fmt: skip
+                         f"{self.run_gpu_hours:.1f} GPU-hours")  # fmt: skip
         if self.pruning_gpu_hours is not None:
             lines.append(f"pruning (teacher scoring): {self.pruning_gpu_hours:.1f} GPU-hours")
         lines += [f"note: {n}" for n in self.notes]
@@ -255,7 +260,9 @@ def plan_run(
     first = run(micro, with_pruning=True)
     peaks = {micro: first["peak"]}
     largest = None
-    if search:
+    if not search:
+        peaks = {}
+    else:
         options = _divisors(rank_batch)
         other = next((d for d in options if d > micro), None) or next(
             (d for d in reversed(options) if d < micro), None
@@ -302,6 +309,7 @@ def plan_run(
         micro_batch=micro,
         largest_micro_batch=largest,
         largest_micro_batch_peak=peaks.get(largest) if largest else None,
+        micro_batch_peaks=dict(sorted(peaks.items())),
         rank_batch=rank_batch,
         tokens_per_step=tokens,
         model_flops_per_token=first["model_flops_per_token"],
