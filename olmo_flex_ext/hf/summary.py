@@ -9,8 +9,7 @@ from typing import List, Union
 from olmo_core.nn.transformer import TransformerConfig
 
 from ..checkpoint import read_config, read_model_config, resolve_checkpoint, tensor_meta
-from ..launch import describe_model
-from ..models import expert_widths_per_layer
+from ..models import describe_model, expert_widths_per_layer
 from .config import model_config_from_hf
 from .convert import load_hf_config, recorded_widths
 from .files import HFDir, is_hf_dir

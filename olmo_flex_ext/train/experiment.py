@@ -27,7 +27,7 @@ from olmo_core.train.callbacks import ConfigSaverCallback
 from olmo_core.train.train_module import TransformerTrainModuleConfig
 from olmo_core.utils import seed_all
 
-from .checkpoint import check_shapes, resolve_checkpoint
+from ..checkpoint import check_shapes, resolve_checkpoint
 
 __all__ = [
     "ExperimentConfig",
@@ -109,10 +109,11 @@ def load_experiment(path: str, overrides: Optional[List[str]] = None) -> Experim
 
 
 def resolve_model(config: ExperimentConfig, source: str = "the experiment") -> ExperimentConfig:
-    """Complete a config (from a train config file, or built in code): the dataset's index cache
-    in the run folder, the model config from the checkpoint the run starts from when ``model`` is
-    None, ``freeze_params`` added to the model's. ``source`` names the config in errors. Returns
-    ``config`` (changed in place)."""
+    """A completed copy of a config (from a train config file, or built in code): the dataset's
+    index cache in the run folder, the model config from the checkpoint the run starts from when
+    ``model`` is None, ``freeze_params`` added to the model's. ``source`` names the config in
+    errors."""
+    config = config.copy()
     set_dataset_work_dir(config)
     if config.model is None:
         config.model = _model_from_checkpoint(config, source)
@@ -188,7 +189,7 @@ def set_dotted(data: Any, key: str, value: Any, item: str) -> None:
 
 
 def _model_from_checkpoint(config: ExperimentConfig, path: str) -> TransformerConfig:
-    from .checkpoint import list_steps, read_model_config
+    from ..checkpoint import list_steps, read_model_config
 
     if list_steps(config.trainer.save_folder):
         return read_model_config(config.trainer.save_folder)
