@@ -39,6 +39,7 @@ __all__ = [
     "parse_override",
     "distributed_backend",
     "process_group",
+    "load_initial_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -277,12 +278,13 @@ def train(config: ExperimentConfig) -> Trainer:
         if isinstance(callback, ConfigSaverCallback):  # also hands the config to W&B
             callback.config = config.as_config_dict()
 
+    check_resumable(config.trainer.save_folder)
     resumed = trainer.maybe_load_checkpoint()
     if not resumed and config.load_path:
         init = resolve_checkpoint(config.load_path)
         check_shapes(init, shapes)
         log.info("Fresh run: loading initial weights from %s", init)
-        trainer.load_checkpoint(str(init), load_trainer_state=False, load_optim_state=False)
+        load_initial_weights(trainer, init)
     if resumed and finished(trainer):
         # Trainer.fit() on a finished multi-rank run can deadlock (its cancel check and first
         # metrics reduction race on one process group), and there is nothing left to do.
@@ -290,6 +292,42 @@ def train(config: ExperimentConfig) -> Trainer:
         return trainer
     trainer.fit()
     return trainer
+
+
+def load_initial_weights(trainer: Trainer, init: Path) -> None:
+    """The weights of the checkpoint ``init`` into the trainer's model, without trainer or
+    optimizer state. A stock OLMo-core MoE checkpoint whose expert layout differs from ours is
+    converted one tensor at a time while it is read."""
+    from .checkpoint import load_state_dict, stock_conversion
+
+    conversion = stock_conversion(init)
+    if conversion is None or conversion.identity:
+        trainer.load_checkpoint(str(init), load_trainer_state=False, load_optim_state=False)
+        return
+    load_state_dict(trainer.train_module.model, init)
+    # What Trainer.load_checkpoint (OLMo-core 3.0) does after loading weights: the callbacks
+    # hear of it, and the trainer counts its initial weights as loaded from a checkpoint.
+    for callback in trainer.callbacks.values():
+        callback.post_checkpoint_loaded(str(init))
+    trainer._checkpoint_loaded = True
+
+
+def check_resumable(save_folder: str) -> None:
+    """Refuse to resume from a run folder whose latest checkpoint stock OLMo-core wrote with an
+    expert layout the variable-width model cannot load directly (OLMo-core would fail on shapes)."""
+    from .checkpoint import list_steps, stock_conversion
+
+    if is_url(save_folder) or not list_steps(save_folder):
+        return
+    conversion = stock_conversion(save_folder)
+    if conversion is not None and not conversion.identity:
+        raise OLMoConfigurationError(
+            f"the run folder {save_folder} holds stock OLMo-core MoE checkpoints whose experts "
+            "are stored in another layout; convert the run first with `olmo-flex "
+            f"import-olmo-core {save_folder} NEW_RUN` and train with "
+            "--trainer.save_folder=NEW_RUN (weights, optimizer state, step and data position "
+            "are kept)"
+        )
 
 
 def finished(trainer: Trainer) -> bool:
