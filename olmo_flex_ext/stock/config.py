@@ -13,8 +13,9 @@ chosen by ``name`` (:class:`~olmo_core.nn.moe.MoEType`; the same weight names, o
 Which layout a checkpoint has is read from its config, never guessed from shapes (with
 ``d_model == hidden`` both layouts have the same shapes). A stock MoE config becomes a
 :class:`~olmo_flex_ext.nn.moe.VariableMoEConfig` with every other field kept (router, losses,
-dtype; ``name`` and ``capacity_factor`` are carried along for the way back and ignored by the
-variable MoE, which drops no tokens). Features the variable MoE does not have are refused.
+dtype; ``capacity_factor`` is carried along for the way back and ignored by the variable MoE,
+which drops no tokens; ``name`` becomes the default one). Features the variable MoE does
+not have are refused.
 """
 
 from __future__ import annotations
@@ -229,6 +230,9 @@ def stock_layouts(
 
 def _variable_moe(moe: MoEConfig) -> VariableMoEConfig:
     kept = {f.name: getattr(moe, f.name) for f in fields(MoEConfig)}
+    # The variable MoE has one implementation: its name stays MoEConfig's default, as in our own
+    # configs, so that models read from either stock layout have equal configs.
+    kept["name"] = MoEType.default
     return VariableMoEConfig(**kept, expert_widths=[moe.hidden_size] * moe.num_experts)
 
 
