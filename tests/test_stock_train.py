@@ -11,8 +11,18 @@ import pytest
 import torch
 from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.utils import seed_all
-from stock_fixtures import is_expert, save_stock, stock_config, stock_model, stock_storage, variable_rows
-from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+from stock_fixtures import (
+    is_expert,
+    save_stock,
+    stock_config,
+    stock_model,
+    stock_storage,
+    variable_rows,
+)
+from torch.distributed.checkpoint.state_dict import (
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from olmo_flex_ext.checkpoint import iter_tensors, load_model, read_dcp_entry, tensor_shapes
 from olmo_flex_ext.cli import main
@@ -112,7 +122,8 @@ def stock_run(request, tmp_path_factory, uninterrupted, stock_init):
     def to_stock(name, t):
         return stock_storage(name, t, layout, EXPERTS, HIDDEN) if is_expert(name) and t.dim() else t
 
-    stock_model_.load_state_dict({k: to_stock(k, v) for k, v in ours.train_module.model.state_dict().items()})
+    weights = ours.train_module.model.state_dict()
+    stock_model_.load_state_dict({k: to_stock(k, v) for k, v in weights.items()})
     optim = get_optimizer_state_dict(ours.train_module.model, ours.train_module.optim)
     optim["state"] = {k: {s: to_stock(k, v) for s, v in st.items()} for k, st in optim["state"].items()}
     set_optimizer_state_dict(stock_model_, trainer.train_module.optim, optim)
@@ -131,7 +142,8 @@ def test_a_stock_run_continues_bitwise(stock_run, uninterrupted, tmp_path, capsy
     converted = tmp_path / "converted"
     assert main(["import-olmo-core", str(stock_folder), str(converted)]) == 0
     step = converted / f"step{STOP}"
-    assert (step / "train" / "rank0.pt").read_bytes() == (stock_folder / f"step{STOP}" / "train" / "rank0.pt").read_bytes()
+    trainer_state = Path("train") / "rank0.pt"  # step, data position, RNG: copied as they are
+    assert (step / trainer_state).read_bytes() == (stock_folder / f"step{STOP}" / trainer_state).read_bytes()
     trainer = train(experiment(converted))  # the model config comes from the converted run
     assert trainer.global_step == STEPS
     for name, t in state(trainer.train_module.model).items():
@@ -174,3 +186,31 @@ def test_resuming_a_stock_default_run_folder_in_place_is_refused(stock_run):
         pytest.skip("a dropless run folder has our layout and resumes in place")
     with pytest.raises(OLMoConfigurationError, match="import-olmo-core"):
         train(experiment(stock_folder))
+
+
+def test_pruning_callback_takes_a_stock_teacher(tmp_path):
+    """The pruning callback scores, checks and prunes a stock default-layout teacher: the student
+    starts from the teacher's expert rows as OLMo-core's weight views define them."""
+    config = stock_config("default", experts=2, top_k=2, d_model=64, hidden=256, vocab=512)
+    teacher = stock_model(config, seed=7)
+    ckpt = save_stock(teacher, config, tmp_path / "teacher")
+    prune_config = str(ROOT / "train_configs" / "tiny_flex_prune.py")
+    run = load_experiment(prune_config, [
+        f"--trainer.save_folder={tmp_path / 'run'}",
+        "--trainer.max_duration.value=1",
+        "--trainer.callbacks.wandb.enabled=false",
+        f"--trainer.callbacks.prune.teacher={ckpt}",
+        "--trainer.callbacks.prune.num_seqs=4",
+        "--trainer.callbacks.prune.batch_size=2",
+        "--trainer.callbacks.prune.compare_num_seqs=2",
+    ])
+    run.train_module.dp_config = None
+    train(run)
+    name = "blocks.1.feed_forward_moe.experts.mlp.w1"
+    ((_, w1),) = iter_tensors(tmp_path / "run" / "prune" / "start", [name])
+    rows = variable_rows(name, teacher.state_dict()[name], "default", 2, 256)
+    assert w1.shape == (256 + 48, 64)
+    assert torch.equal(w1[:256], rows[:256])  # the public expert, unpruned
+    domain = rows[256:]
+    kept = [int((domain == r).all(dim=1).nonzero()) for r in w1[256:]]
+    assert kept == sorted(kept) and len(set(kept)) == 48  # 48 of its rows, in their order
