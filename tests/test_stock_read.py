@@ -122,7 +122,7 @@ def test_info_names_the_stock_layout_and_what_it_becomes(tmp_path, capsys, layou
     assert "variable-width MoE with expert widths [48, 48, 48, 48]" in out
     assert "experts: 4 per layer, top-1 routing" in out
     if layout == "default":
-        assert "(4 x 32, 48) read transposed per expert" in out and "converted while reading" in out
+        assert "(4 x 32, 48)); converted while reading (w1/w3 transposed per expert" in out
         assert "drops tokens beyond each expert's capacity" in out  # top-1 of 4
     else:
-        assert "read as stored" in out and "capacity" not in out
+        assert "(4 x 48, 32)); read as stored" in out and "capacity" not in out

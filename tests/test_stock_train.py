@@ -5,6 +5,8 @@ included, continues as a variable-width run bitwise like a run that was never in
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -214,3 +216,20 @@ def test_pruning_callback_takes_a_stock_teacher(tmp_path):
     domain = rows[256:]
     kept = [int((domain == r).all(dim=1).nonzero()) for r in w1[256:]]
     assert kept == sorted(kept) and len(set(kept)) == 48  # 48 of its rows, in their order
+
+
+@pytest.mark.slow
+def test_load_path_under_fsdp_on_two_ranks(stock_init, uninterrupted, data_root, tmp_path):
+    """Two gloo ranks with FSDP: each rank's shard of every weight comes from the converted stock
+    tensors, so the run's start equals the single-process one's."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "olmo_flex_ext.launch", CONFIG, f"--trainer.save_folder={run}",
+           f"--load_path={stock_init[1]}", "--trainer.max_duration.value=1",
+           "--trainer.callbacks.wandb.enabled=false", SAVE_START]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OLMO_FLEX_DATA_ROOT": str(data_root)}
+    result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    start, expected = load_model(run / "step0").state_dict(), load_model(uninterrupted[0] / "step0")
+    for name, t in expected.state_dict().items():
+        assert torch.equal(start[name], t), name

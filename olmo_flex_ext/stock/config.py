@@ -80,14 +80,20 @@ class ExpertLayout:
         return self.layout == MoEType.dropless and not self.padded
 
     def describe(self) -> str:
+        """The stored layout and how it is read, for ``olmo-flex info``."""
+        E, d, h = self.num_experts, self.d_model, self.hidden_size
+        padding = "zero padding dropped" if self.padded else ""
         if self.layout == MoEType.default:
-            stored = (
-                f"w1/w3 ({self.num_experts} x {self.d_model}, {self.hidden_size}) read transposed "
-                "per expert, w2 as stored"
+            return (
+                f"default layout (w1/w3 stored experts x d_model by width, ({E} x {d}, {h})); "
+                "converted while reading (w1/w3 transposed per expert, w2 as stored"
+                + (f"; {padding})" if padding else ")")
             )
-        else:
-            stored = f"w1/w2/w3 ({self.num_experts} x {self.hidden_size}, {self.d_model}) as stored"
-        return f"{self.layout} layout: {stored}"
+        how = f"{padding} while reading" if padding else "read as stored"
+        return (
+            f"dropless layout (w1/w2/w3 stored experts x width by d_model, ({E} x {h}, {d})); "
+            f"{how}"
+        )
 
 
 def is_stock_moe(moe: object) -> bool:

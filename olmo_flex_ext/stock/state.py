@@ -151,11 +151,9 @@ class StockConversion:
         lines = []
         for (first, last), layer in _runs(self.layers):
             span = f"layer {first}" if first == last else f"layers {first}-{last}"
-            becomes = "read as stored" if layer.identity else "converted while reading"
             lines.append(
-                f"stock OLMo-core MoE, {span}: {layer.describe()}; {becomes} into the "
-                f"variable-width MoE with expert widths {list(layer.widths)}"
-                + (" (zero padding dropped)" if layer.padded else "")
+                f"stock OLMo-core MoE, {span}: {layer.describe()}, as the variable-width MoE "
+                f"with expert widths {list(layer.widths)}"
             )
             moe = self.stock.resolved_block_configs[first].feed_forward_moe
             if layer.layout == MoEType.default and moe.router.top_k < moe.num_experts:
