@@ -70,13 +70,16 @@ def setup(tmp_path_factory):
         model = stock_model(config, seed=3)
         out[layout] = (model, config, save_stock(model, config, d / layout))
     token_files(d / "data")
+    model, config, _ = out["dropless"]
+    variable_checkpoint(model, config, d / "ours", "dropless")
+    assert main(["opt-out", str(d / "ours"), "--experts", "1", "--out", str(d / "optout")]) == 0
     return out
 
 
 def test_importance_and_prune_read_the_stock_model(setup):
     d = setup["dir"]
     model, config, stock = setup["default"]
-    ours = variable_checkpoint(model, config, d / "ours", "default")
+    ours = variable_checkpoint(model, config, d / "ours-default", "default")
     common = ["--data", str(d / "data" / "*.npy"), "--seq-len", "32", "--num-seqs", "4",
               "--batch-size", "2"]
     assert main(["importance", str(stock), *common, "--out", str(d / "stock.safetensors")]) == 0
@@ -171,23 +174,24 @@ def test_narrower_experts_are_padded_or_refused(setup, capsys):
     assert e.value.code == 2 and err.startswith("error: ") and "--pad" in err and "\n" not in err
     assert not (d / "unpadded").exists()
 
-    padded = d / "padded"
-    assert main(["export-olmo-core", str(pruned), str(padded), "--layout", "default", "--pad"]) == 0
-    saved = read_config(padded)
-    assert saved["olmo_flex"]["stock_expert_widths"] == [[48, 20]] * 2
-    config = TransformerConfig.from_dict(saved["model"])
-    assert config.block.feed_forward_moe.hidden_size == 48
-    stock_padded = config.build(init_device="cpu").eval()
-    load_model_and_optim_state(str(padded), stock_padded)
-    x = tokens(vocab=VOCAB)
-    with torch.no_grad():
-        ours = load_model(pruned)(x)
-    assert max_diff(reference_logits(stock_padded, x), ours) < 1e-5  # zero padding: same function
+    for layout in ("default", "dropless"):
+        padded = d / f"padded-{layout}"
+        assert main(["export-olmo-core", str(pruned), str(padded), "--layout", layout, "--pad"]) == 0
+        saved = read_config(padded)
+        assert saved["olmo_flex"]["stock_expert_widths"] == [[48, 20]] * 2
+        config = TransformerConfig.from_dict(saved["model"])
+        assert config.block.feed_forward_moe.hidden_size == 48
+        stock_padded = config.build(init_device="cpu").eval()
+        load_model_and_optim_state(str(padded), stock_padded)  # OLMo-core loads it
+        x = tokens(vocab=VOCAB)
+        with torch.no_grad():
+            ours = load_model(pruned)(x)
+        assert max_diff(reference_logits(stock_padded, x), ours) < 1e-5  # zero padding: same function
 
-    assert expert_widths_per_layer(read_model_config(padded)) == [[48, 20]] * 2  # restored
-    back = weights(padded)
-    for name, t in weights(pruned).items():
-        assert torch.equal(back[name], t), name
+        assert expert_widths_per_layer(read_model_config(padded)) == [[48, 20]] * 2  # restored
+        back = weights(padded)
+        for name, t in weights(pruned).items():
+            assert torch.equal(back[name], t), name
 
 
 @pytest.mark.parametrize(
@@ -195,19 +199,17 @@ def test_narrower_experts_are_padded_or_refused(setup, capsys):
     [
         (["export-olmo-core", "{stock}", "{stock}/inside", "--layout", "default"], "overlaps the input"),
         (["export-olmo-core", "{stock}", "{stock}", "--layout", "default", "--overwrite"], "overlaps the input"),
-        (["import-olmo-core", "{ours}", "{d}/imported"], "is not a stock OLMo-core MoE checkpoint"),
+        (["import-olmo-core", "{d}/ours", "{d}/imported"], "is not a stock OLMo-core MoE checkpoint"),
+        (["export-olmo-core", "{d}/optout", "{d}/x", "--layout", "default"], "(opt_out)"),
         (["import-olmo-core", "{d}/missing", "{d}/imported"], "does not exist"),
         (["export-olmo-core", "{stock}", "{d}/data", "--layout", "dropless"], "already exists"),
     ],
 )
 def test_bad_input_is_one_error_line_and_writes_nothing(setup, capsys, args, message):
     d = setup["dir"]
-    model, config, stock = setup["dropless"]
-    ours = d / "ours-dropless"
-    if not ours.exists():
-        variable_checkpoint(model, config, ours, "dropless")
+    stock = setup["dropless"][2]
     before = sorted(p.name for p in d.iterdir())
-    argv = [a.format(stock=stock, ours=ours, d=d) for a in args]
+    argv = [a.format(stock=stock, d=d) for a in args]
     with pytest.raises(SystemExit) as e:
         main(argv)
     err = capsys.readouterr().err.strip()
