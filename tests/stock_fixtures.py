@@ -121,10 +121,6 @@ def reference_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
             del block.feed_forward_moe.experts.forward
 
 
-def tokens(seed: int = 0, vocab: int = VOCAB, shape=(2, 12)) -> torch.Tensor:
-    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
-
-
 def is_expert(name: str) -> bool:
     return ".feed_forward_moe.experts.mlp.w" in name
 
@@ -147,7 +143,3 @@ def stock_storage(name: str, rows: torch.Tensor, layout: str, experts: int, hidd
     if layout == "default" and not name.endswith("w2"):
         return torch.stack([w.t() for w in per_expert]).reshape(experts * d, hidden)
     return per_expert.reshape(experts * hidden, d)
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()

@@ -8,18 +8,16 @@ import json
 
 import pytest
 import torch
-from interop_fixtures import hf_logits, load_hf
+from interop_fixtures import hf_logits, load_hf, max_diff, tokens
 from olmo_core.distributed.checkpoint import load_model_and_optim_state
 from olmo_core.nn.transformer import TransformerConfig
 from prune_util import token_files
 from stock_fixtures import (
     is_expert,
-    max_diff,
     reference_logits,
     save_stock,
     stock_config,
     stock_model,
-    tokens,
     variable_rows,
 )
 

@@ -9,16 +9,15 @@ import shutil
 
 import pytest
 import torch
+from interop_fixtures import max_diff, tokens
 from olmo_core.nn.feed_forward import FeedForwardConfig
 from olmo_core.nn.moe import LatentMoEConfig
 from stock_fixtures import (
     is_expert,
-    max_diff,
     reference_logits,
     save_stock,
     stock_config,
     stock_model,
-    tokens,
     variable_rows,
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_args import add_checkpoint, add_overwrite
+from ..cli_args import add_checkpoint, add_overwrite, report_written
 
 LAYOUT_CHOICES = ["default", "dropless"]  # olmo_core.nn.moe.MoEType, without importing torch
 
@@ -50,22 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_export)
 
 
-def _done(what: str, out: str) -> int:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"{what} -> {out}")
-    return 0
-
-
 def _import(args) -> int:
     from . import import_olmo_core
 
     import_olmo_core(args.src, args.out, overwrite=args.overwrite)
-    return _done("imported", args.out)
+    return report_written("imported", args.out)
 
 
 def _export(args) -> int:
     from . import export_olmo_core
 
     export_olmo_core(args.src, args.out, layout=args.layout, pad=args.pad, overwrite=args.overwrite)
-    return _done("exported", args.out)
+    return report_written("exported", args.out)
