@@ -26,7 +26,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from olmo_flex_ext.checkpoint import iter_tensors, load_model, read_dcp_entry, tensor_shapes
+from olmo_flex_ext.checkpoint import (
+    iter_tensors,
+    load_model,
+    read_config,
+    read_dcp_entry,
+    tensor_shapes,
+)
 from olmo_flex_ext.cli import main
 from olmo_flex_ext.experiment import load_experiment, train
 
@@ -154,6 +160,8 @@ def test_a_stock_run_continues_bitwise(stock_run, uninterrupted, tmp_path, capsy
     # written back: every tensor (weights and optimizer state) bitwise the stock checkpoint's
     back = tmp_path / "back"
     assert main(["export-olmo-core", str(step), str(back), "--layout", layout]) == 0
+    stock_config_ = read_config(stock_folder)["model"]
+    assert read_config(back)["model"] == stock_config_
     original = _dcp(stock_folder / f"step{STOP}" / "model_and_optim")
     written = _dcp(back / f"step{STOP}" / "model_and_optim")
     assert original.keys() == written.keys() and any(k.startswith("optim.state.") for k in original)
