@@ -57,6 +57,20 @@ def test_load_model_computes_what_the_stock_model_computes(tmp_path, layout, exp
         assert max_diff(model(x), expected) < 1e-5
 
 
+def test_hybrid_blocks_keep_their_dense_mlp(tmp_path):
+    """OLMo-core's hybrid MoE blocks (a dense MLP beside the experts) convert the same way."""
+    from olmo_core.nn.transformer import TransformerBlockType
+
+    config = stock_config("default")
+    config.block.name = TransformerBlockType.moe_hybrid_reordered_norm
+    config.block.feed_forward = FeedForwardConfig(hidden_size=40, bias=False)
+    stock = stock_model(config, seed=4)
+    ckpt = save_stock(stock, config, tmp_path / "hybrid")
+    x = tokens()
+    with torch.no_grad():
+        assert max_diff(load_model(ckpt)(x), reference_logits(stock, x)) < 1e-5
+
+
 def test_the_layout_comes_from_the_config_not_the_shapes(tmp_path):
     stock, ckpt = checkpoint(tmp_path, "default", hidden=32)  # d_model 32: same shapes as dropless
     x = tokens()
