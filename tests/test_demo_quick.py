@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from olmo_flex_ext.demo import demo_config
-from olmo_flex_ext.report import check_claims, validate_results
+from olmo_flex_ext.demo.results import check_claims, validate_results
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
-from interop_fixtures import hf_logits, load_hf, max_diff, tokens
+from hf_helpers import hf_logits, load_hf, max_diff, tokens
 from olmo_core.distributed.checkpoint import load_model_and_optim_state
 from olmo_core.nn.transformer import TransformerConfig
-from prune_util import token_files
-from stock_fixtures import (
+from prune_helpers import token_files
+from stock_helpers import (
     is_expert,
     reference_logits,
     save_stock,

@@ -9,10 +9,10 @@ import shutil
 
 import pytest
 import torch
-from interop_fixtures import max_diff, tokens
+from hf_helpers import max_diff, tokens
 from olmo_core.nn.feed_forward import FeedForwardConfig
 from olmo_core.nn.moe import LatentMoEConfig
-from stock_fixtures import (
+from stock_helpers import (
     is_expert,
     reference_logits,
     save_stock,

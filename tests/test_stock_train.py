@@ -13,7 +13,7 @@ import pytest
 import torch
 from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.utils import seed_all
-from stock_fixtures import (
+from stock_helpers import (
     is_expert,
     save_stock,
     stock_config,
@@ -34,7 +34,7 @@ from olmo_flex_ext.checkpoint import (
     tensor_shapes,
 )
 from olmo_flex_ext.cli import main
-from olmo_flex_ext.experiment import load_experiment, train
+from olmo_flex_ext.train.experiment import load_experiment, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "train_configs" / "tiny_from_checkpoint.py")

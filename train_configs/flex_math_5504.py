@@ -15,12 +15,8 @@ A step is 12 sequences of 4096 tokens (the reference recipe): run it on 4, 6 or 
 or on 8 or more set --data_loader.global_batch_size to a multiple of 4096 x GPUs.
 """
 
-from olmo_flex_ext.prune.callback import flex_math_prune_callback
 from olmo_flex_ext.recipes import flex_math_7b
 
 
 def build_config():
-    config = flex_math_7b(5504)
-    config.load_path = None  # the pruning callback makes the initial weights
-    config.trainer.callbacks["prune"] = flex_math_prune_callback()
-    return config
+    return flex_math_7b(5504)  # the pruning callback prunes the teacher on a fresh run

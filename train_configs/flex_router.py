@@ -9,8 +9,7 @@ every other weight is frozen. The model is the merged checkpoint given as ``--lo
 from olmo_core.data import TokenizerConfig
 from olmo_core.train import Duration
 
-from olmo_flex_ext.compose import router_experiment
-from olmo_flex_ext.recipes import data_root
+from olmo_flex_ext.recipes import data_root, router_experiment
 
 
 def build_config():

@@ -13,9 +13,10 @@ from ..atomic import write_atomic
 from ..errors import UserError
 from .config import demo_config, identity
 from .pipeline import Demo
+from .report import print_tables
 from .runner import worker_pool
 
-__all__ = ["run_demo", "print_tables"]
+__all__ = ["run_demo"]
 
 console = Console()
 
@@ -63,34 +64,3 @@ def run_demo(
         f"{root / 'results.json'}, report in {root / 'report.md'}"
     )
     return rows, composition
-
-
-def print_tables(rows: List[Dict[str, Any]], composition: List[Dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    table = Table(title="results")
-    for col in ("name", "kind", "expert widths", "params", "expert params", "math acc",
-                "math loss", "general loss"):  # fmt: skip
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["name"], r["kind"], _widths(r["expert_widths"]), f"{r['total_params']:,}",
-            f"{r['expert_params']:,}", f"{r['math_accuracy']:.3f}", f"{r['math_loss']:.3f}",
-            f"{r['general_loss']:.3f}",
-        )  # fmt: skip
-    console.print(table)
-    table = Table(title="composition and opt-out")
-    for col in ("name", "experts on", "math acc", "math loss", "code loss", "general loss"):
-        table.add_column(col)
-    for r in composition:
-        table.add_row(
-            r["name"], " + ".join(r["experts"]), f"{r['math_accuracy']:.3f}",
-            f"{r['math_loss']:.3f}", f"{r['code_loss']:.3f}", f"{r['general_loss']:.3f}",
-        )  # fmt: skip
-    console.print(table)
-
-
-def _widths(w: Any) -> str:
-    if w and isinstance(w[0], list):
-        return "per layer " + " ".join("+".join(map(str, x)) for x in w)
-    return "+".join(map(str, w))

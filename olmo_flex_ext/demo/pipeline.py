@@ -14,16 +14,14 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
+from .config import DOMAINS
 from .runner import Job, StageRunner
 
 if TYPE_CHECKING:
-    from ..data.demo_data import DemoData
     from .config import DemoConfig
+    from .data.corpus import DemoData
 
-__all__ = ["Demo", "Variant", "DOMAINS"]
-
-DOMAINS = ("general", "math", "code")
-"""Domain embeddings, in router-row order: the public expert's domain first."""
+__all__ = ["Demo", "Variant"]
 
 
 @dataclass
@@ -53,7 +51,7 @@ class Demo:
 
     @property
     def data(self) -> DemoData:
-        from ..data.demo_data import DemoData
+        from .data.corpus import DemoData
 
         return DemoData(self.out / "data")
 
@@ -63,7 +61,7 @@ class Demo:
     # Stages ---------------------------------------------------------------------------------
 
     def stage_data(self) -> Dict[str, Any]:
-        from ..data.demo_data import DemoData
+        from .data.corpus import DemoData
 
         root = self.path("data")
         if root.exists():  # built atomically, so complete; rebuilt if made with other settings
@@ -128,19 +126,15 @@ class Demo:
     def stage_importance(self, full: str) -> Dict[str, Any]:
         """Minitron importance of the full model's neurons with math and with general calibration,
         and per layer the share of the math expert's top-W neurons the two agree on."""
-        from ..checkpoint import load_model
-        from ..data.tokens import TokenFiles, token_dtype
-        from ..prune import compute_importance, topk_overlap
+        from ..prune import checkpoint_importance, topk_overlap
 
         c = self.config
-        model = load_model(full)
         out: Dict[str, Any] = {}
         scores = {}
         for domain in ("math", "general"):
-            files = TokenFiles(self.data.token_glob(f"{domain}-train"), token_dtype(model.vocab_size))
-            scores[domain] = compute_importance(
-                model, files, seq_len=c.seq_len, num_seqs=c.importance_seqs, source=full,
-                progress=False,
+            scores[domain] = checkpoint_importance(
+                full, [self.data.token_glob(f"{domain}-train")], seq_len=c.seq_len,
+                num_seqs=c.importance_seqs, progress=False,
             )  # fmt: skip
             out[domain] = str(scores[domain].save(self.path("importance", f"{domain}.safetensors")))
         out["overlap"] = {

@@ -25,7 +25,6 @@ from .files import HFDir
 
 __all__ = [
     "experts_from_hf",
-    "experts_to_hf",
     "expert_to_hf",
     "hf_state",
     "to_hf_items",
@@ -67,11 +66,6 @@ def expert_to_hf(
     if part.shape[0] < pad_to:
         part = torch.cat([part, part.new_zeros(pad_to - part.shape[0], part.shape[1])])
     return (part.t() if w == "w2" else part).contiguous()
-
-
-def experts_to_hf(w: str, tensor: torch.Tensor, widths: Sequence[int], pad_to: int) -> List[torch.Tensor]:
-    """Per-expert HF weights from our ragged ``w1/w2/w3``, each zero-padded to ``pad_to`` neurons."""
-    return [expert_to_hf(w, tensor, widths, pad_to, e) for e in range(len(widths))]
 
 
 def cast(t: LazyTensor, dtype: Optional[torch.dtype]) -> LazyTensor:

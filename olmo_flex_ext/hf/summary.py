@@ -15,8 +15,7 @@ from ..checkpoint import (
     stock_conversion,
     tensor_meta,
 )
-from ..launch import describe_model
-from ..models import expert_widths_per_layer
+from ..models import describe_model, expert_widths_per_layer
 from .config import model_config_from_hf
 from .convert import load_hf_config, recorded_widths
 from .files import HFDir, is_hf_dir

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from interop_fixtures import randomize
+from hf_helpers import randomize
 from olmo_core.nn.moe.mlp import MoEMLP
 from olmo_core.nn.transformer import TransformerConfig
 

@@ -1,4 +1,4 @@
-"""Expert-only training: what train_only_experts freezes, gradient row masking, refusals."""
+"""Expert-only training: what with_expert_training freezes, gradient row masking, refusals."""
 
 from types import SimpleNamespace
 
@@ -11,8 +11,7 @@ from olmo_flex_ext.train.trainable import TrainableExpertsCallback
 
 CONFIG = """
 from olmo_flex_ext.models import tiny_flex
-from olmo_flex_ext.recipes import TINY_TOKENIZER, flex_experiment
-from olmo_flex_ext.train import train_only_experts
+from olmo_flex_ext.recipes import TINY_TOKENIZER, flex_experiment, with_expert_training
 
 def build_config():
     config = flex_experiment(
@@ -20,13 +19,13 @@ def build_config():
         save_folder="unused", sequence_length=16, global_batch_tokens=32, microbatch_tokens=32,
         max_duration=None, lr=1e-3, weight_decay=0.1, wandb_project=None,
     )
-    return train_only_experts(config, experts=[1])
+    return with_expert_training(config, experts=[1])
 """
 
 
 def _experiment(tmp_path):
     """Through load_experiment, which hands the experiment's freeze_params to the model."""
-    from olmo_flex_ext.experiment import load_experiment
+    from olmo_flex_ext.train.experiment import load_experiment
 
     (tmp_path / "config.py").write_text(CONFIG)
     return load_experiment(str(tmp_path / "config.py"))

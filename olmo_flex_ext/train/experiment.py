@@ -27,7 +27,13 @@ from olmo_core.train.callbacks import ConfigSaverCallback
 from olmo_core.train.train_module import TransformerTrainModuleConfig
 from olmo_core.utils import seed_all
 
-from .checkpoint import check_shapes, resolve_checkpoint
+from ..checkpoint import (
+    check_shapes,
+    list_steps,
+    load_state_dict,
+    resolve_checkpoint,
+    stock_conversion,
+)
 
 __all__ = [
     "ExperimentConfig",
@@ -110,10 +116,11 @@ def load_experiment(path: str, overrides: Optional[List[str]] = None) -> Experim
 
 
 def resolve_model(config: ExperimentConfig, source: str = "the experiment") -> ExperimentConfig:
-    """Complete a config (from a train config file, or built in code): the dataset's index cache
-    in the run folder, the model config from the checkpoint the run starts from when ``model`` is
-    None, ``freeze_params`` added to the model's. ``source`` names the config in errors. Returns
-    ``config`` (changed in place)."""
+    """A completed copy of a config (from a train config file, or built in code): the dataset's
+    index cache in the run folder, the model config from the checkpoint the run starts from when
+    ``model`` is None, ``freeze_params`` added to the model's. ``source`` names the config in
+    errors."""
+    config = config.copy()
     set_dataset_work_dir(config)
     if config.model is None:
         config.model = _model_from_checkpoint(config, source)
@@ -189,7 +196,7 @@ def set_dotted(data: Any, key: str, value: Any, item: str) -> None:
 
 
 def _model_from_checkpoint(config: ExperimentConfig, path: str) -> TransformerConfig:
-    from .checkpoint import list_steps, read_model_config
+    from ..checkpoint import list_steps, read_model_config
 
     if list_steps(config.trainer.save_folder):
         return read_model_config(config.trainer.save_folder)
@@ -298,8 +305,6 @@ def load_initial_weights(trainer: Trainer, init: Path) -> None:
     """The weights of the checkpoint ``init`` into the trainer's model, without trainer or
     optimizer state. A stock OLMo-core MoE checkpoint whose expert layout differs from ours is
     converted one tensor at a time while it is read."""
-    from .checkpoint import load_state_dict, stock_conversion
-
     conversion = stock_conversion(init)
     if conversion is None or conversion.identity:
         trainer.load_checkpoint(str(init), load_trainer_state=False, load_optim_state=False)
@@ -315,8 +320,6 @@ def load_initial_weights(trainer: Trainer, init: Path) -> None:
 def check_resumable(save_folder: str) -> None:
     """Refuse to resume from a run folder whose latest checkpoint stock OLMo-core wrote with an
     expert layout the variable-width model cannot load directly (OLMo-core would fail on shapes)."""
-    from .checkpoint import list_steps, stock_conversion
-
     if is_url(save_folder) or not list_steps(save_folder):
         return
     conversion = stock_conversion(save_folder)
