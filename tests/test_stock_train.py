@@ -34,7 +34,7 @@ from olmo_flex_ext.checkpoint import (
     tensor_shapes,
 )
 from olmo_flex_ext.cli import main
-from olmo_flex_ext.train.experiment import load_experiment, train
+from olmo_flex_ext.train.experiment import check_resumable, load_experiment, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "train_configs" / "tiny_from_checkpoint.py")
@@ -190,12 +190,13 @@ def test_three_steps_from_a_stock_trainer_checkpoint(stock_run, tmp_path):
     assert any(not torch.equal(trained[k], t) for k, t in start.state_dict().items())
 
 
-def test_resuming_a_stock_default_run_folder_in_place_is_refused(stock_run):
+def test_a_stock_run_folder_resumes_in_place_only_in_our_layout(stock_run):
     layout, stock_folder = stock_run
-    if layout != "default":
-        pytest.skip("a dropless run folder has our layout and resumes in place")
-    with pytest.raises(OLMoConfigurationError, match="import-olmo-core"):
-        train(experiment(stock_folder))
+    if layout == "default":
+        with pytest.raises(OLMoConfigurationError, match="import-olmo-core"):
+            train(experiment(stock_folder))
+    else:
+        check_resumable(str(stock_folder))  # dropless: OLMo-core resumes it as it is
 
 
 def test_pruning_callback_takes_a_stock_teacher(tmp_path):

@@ -46,6 +46,7 @@ __all__ = [
     "distributed_backend",
     "process_group",
     "load_initial_weights",
+    "check_resumable",
 ]
 
 log = logging.getLogger(__name__)
