@@ -7,18 +7,15 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from rich.console import Console
-
 from ..atomic import write_atomic
 from ..errors import UserError
 from .config import demo_config, identity
+from .display import StageDisplay
 from .pipeline import Demo
 from .report import print_tables
 from .runner import worker_pool
 
 __all__ = ["run_demo"]
-
-console = Console()
 
 
 def run_demo(
@@ -52,14 +49,21 @@ def run_demo(
     else:
         write_atomic(settings, json.dumps(identity(config), indent=2))
     start = time.perf_counter()
+    display = StageDisplay()
+    preset = "quick demo" if quick else "demo"
+    display.print(
+        f"olmo-flex {preset} (seed {seed}, {jobs} job{'s' if jobs > 1 else ''}) in {root}: one line "
+        f"per stage; each stage's full output in {root / 'logs'}/<stage>.log"
+    )
     pool = worker_pool(jobs, threads)
     try:
-        rows, composition = Demo(root, config, pool).run()
+        with display:
+            rows, composition = Demo(root, config, pool, display).run()
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    print_tables(rows, composition)
-    console.print(
+    print_tables(rows, composition, display.console)
+    display.print(
         f"wall time of this invocation {time.perf_counter() - start:.0f} s; results in "
         f"{root / 'results.json'}, report in {root / 'report.md'}"
     )

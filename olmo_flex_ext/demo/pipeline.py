@@ -20,6 +20,7 @@ from .runner import Job, StageRunner
 if TYPE_CHECKING:
     from .config import DemoConfig
     from .data.corpus import DemoData
+    from .display import StageDisplay
 
 __all__ = ["Demo", "Variant"]
 
@@ -41,13 +42,15 @@ class Demo:
     config: DemoConfig
     pool: Any = None
     """Worker processes for stages that run side by side (:func:`.runner.worker_pool`)."""
+    display: Optional[StageDisplay] = None
+    """The terminal's one line per stage (none: stages print nothing there)."""
     runner: StageRunner = field(init=False)
 
     def __post_init__(self) -> None:
-        self.runner = StageRunner(self.out, self.pool)
+        self.runner = StageRunner(self.out, self.pool, self.display, self.summary)
 
-    def __getstate__(self) -> Dict[str, Any]:  # what a worker process gets: no pool
-        return {**self.__dict__, "pool": None}
+    def __getstate__(self) -> Dict[str, Any]:  # what a worker process gets: no pool, no display
+        return {**self.__dict__, "pool": None, "display": None}
 
     @property
     def data(self) -> DemoData:
@@ -57,6 +60,25 @@ class Demo:
 
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(*parts)
+
+    def summary(self, name: str, outputs: Dict[str, Any]) -> str:
+        """A finished stage's key number, for its line on the terminal."""
+        if "math_loss" in outputs:  # an evaluation
+            parts = [f"math acc {outputs['math_accuracy']:.3f}", f"answer loss {outputs['math_loss']:.3f}"]
+            parts += [f"{d} loss {outputs[f'{d}_loss']:.3f}" for d in ("code", "general") if f"{d}_loss" in outputs]
+            return ", ".join(parts)
+        metrics = self.path("runs", name, "metrics.jsonl")
+        if metrics.is_file():  # a training run: its last logged training loss
+            from ..train.callbacks import read_metrics
+
+            logged = read_metrics(metrics.parent)
+            for key, label in (("train/KL", "KL"), ("train/CE loss", "train loss")):
+                values = [m[key] for _, m in sorted(logged.items()) if key in m]
+                if values:
+                    return f"final {label} {values[-1]:.3f}"
+        if name == "data":
+            return f"{sum(v['tokens'] for v in outputs.values()):,} tokens"
+        return ""
 
     # Stages ---------------------------------------------------------------------------------
 

@@ -72,10 +72,14 @@ def composition_markdown(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def print_tables(rows: List[Dict[str, Any]], composition: List[Dict[str, Any]]) -> None:
-    """Both tables on the terminal."""
+def print_tables(
+    rows: List[Dict[str, Any]], composition: List[Dict[str, Any]], console: Optional[Any] = None
+) -> None:
+    """Both tables on the terminal (``console``: a rich console, default stdout)."""
     from rich.console import Console
     from rich.table import Table
+
+    console = console or Console()
 
     table = Table(title="results")
     for col in ("name", "kind", "expert widths", "params", "expert params", "math acc",
@@ -87,7 +91,6 @@ def print_tables(rows: List[Dict[str, Any]], composition: List[Dict[str, Any]]) 
             f"{r['expert_params']:,}", f"{r['math_accuracy']:.3f}", f"{r['math_loss']:.3f}",
             f"{r['general_loss']:.3f}",
         )  # fmt: skip
-    console = Console()
     console.print(table)
     table = Table(title="composition and opt-out")
     for col in ("name", "experts on", "math acc", "math loss", "code loss", "general loss"):

@@ -305,7 +305,13 @@ def train(config: ExperimentConfig) -> Trainer:
 def load_initial_weights(trainer: Trainer, init: Path) -> None:
     """The weights of the checkpoint ``init`` into the trainer's model, without trainer or
     optimizer state. A stock OLMo-core MoE checkpoint whose expert layout differs from ours is
-    converted one tensor at a time while it is read."""
+    converted one tensor at a time while it is read.
+
+    Mirrors OLMo-core 3.0 ``Trainer.load_checkpoint`` with ``load_trainer_state=False`` and
+    ``load_optim_state=False`` for such a checkpoint (its DCP loader cannot convert): weights
+    loaded, then the callbacks' ``post_checkpoint_loaded`` and the trainer's checkpoint-loaded
+    flag (which the pruning callback reads); its load-duration metric is left out.
+    """
     conversion = stock_conversion(init)
     if conversion is None or conversion.identity:
         trainer.load_checkpoint(str(init), load_trainer_state=False, load_optim_state=False)
