@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 CONFIG = '''
-from olmo_flex_ext.distill.recipe import with_distillation
 from olmo_flex_ext.models import flex_olmo
-from olmo_flex_ext.recipes import TINY_TOKENIZER, flex_experiment
-from olmo_flex_ext.train.trainable import train_only_experts
+from olmo_flex_ext.recipes import (TINY_TOKENIZER, flex_experiment, with_distillation,
+                                   with_expert_training)
 from olmo_core.train import Duration
 
 
@@ -42,7 +41,7 @@ def build_config():
         max_duration=Duration.steps(10), lr=1e-3, wandb_project=None,
     )
     config = with_distillation(config, store="unused-store")
-    return train_only_experts(config, experts=[1])
+    return with_expert_training(config, experts=[1])
 '''
 
 
@@ -68,7 +67,7 @@ def _cuda_time(fn: Callable[[], object], repeats: int = 10, warmup: int = 3) -> 
 def _train_module(config, *, fsdp: bool):
     import torch
 
-    from olmo_flex_ext.experiment import build_model
+    from olmo_flex_ext.train.experiment import build_model
     from olmo_flex_ext.train.fake_step import StepTrainer
 
     if not fsdp:
@@ -95,8 +94,8 @@ def smoke_training(config_path: str, eager_step: float) -> Dict[str, float]:
     import torch
     from olmo_core.train.train_module import TransformerActivationCheckpointingConfig
 
-    from olmo_flex_ext.experiment import load_experiment
     from olmo_flex_ext.recipes import BF16
+    from olmo_flex_ext.train.experiment import load_experiment
     from olmo_flex_ext.train.fake_step import step_batch
 
     fast = load_experiment(config_path)
@@ -149,7 +148,7 @@ def smoke_moe() -> Dict[str, float]:
 def smoke_kd_vs_ce(config_path: str) -> Dict[str, float]:
     from olmo_core.train.train_module import TransformerTrainModuleConfig
 
-    from olmo_flex_ext.experiment import load_experiment
+    from olmo_flex_ext.train.experiment import load_experiment
     from olmo_flex_ext.train.fake_step import step_batch
 
     kd_config = load_experiment(config_path)
@@ -170,7 +169,7 @@ def smoke_kd_vs_ce(config_path: str) -> Dict[str, float]:
 def smoke_plan(config_path: str) -> Dict[str, float]:
     import torch
 
-    from olmo_flex_ext.experiment import load_experiment
+    from olmo_flex_ext.train.experiment import load_experiment
     from olmo_flex_ext.train.fake_step import step_batch
     from olmo_flex_ext.train.plan import plan_run
 

@@ -98,8 +98,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             OLMoCoreBeakerImage,
         )
 
-        from olmo_flex_ext.experiment import check_parallelism, load_experiment
         from olmo_flex_ext.launch import describe
+        from olmo_flex_ext.train.experiment import check_parallelism, load_experiment
 
         if not args.save_folder.startswith(("/", "gs://", "s3://", "weka://", "r2://")):
             raise UserError(

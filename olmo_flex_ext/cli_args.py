@@ -26,6 +26,7 @@ __all__ = [
     "require_positive",
     "torch_dtype",
     "command_device",
+    "report_written",
 ]
 
 TOKEN_DTYPES = ["uint16", "uint32"]
@@ -141,3 +142,11 @@ def command_device(name: Optional[str] = None) -> "torch.device":
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     torch.cuda.set_device(device)
     return device
+
+
+def report_written(what: str, out: str) -> int:
+    """Tell the user (on stderr) that ``what`` was written to ``out``; returns exit status 0."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"{what} -> {out}")
+    return 0

@@ -39,7 +39,7 @@ def _launch(argv) -> int:
 def _models(args) -> int:
     from rich.console import Console
 
-    from .models import get_model_config, model_names
+    from .models import count_text, get_model_config, model_names
 
     console = Console()
     if args.name:
@@ -52,8 +52,7 @@ def _models(args) -> int:
             console.print(name, markup=False)
             continue
         n = get_model_config(name).num_params
-        size = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
-        console.print(f"{name:<26} {size:>8} params ({n:,d})", markup=False)
+        console.print(f"{name:<26} {count_text(n):>8} params ({n:,d})", markup=False)
     return 0
 
 

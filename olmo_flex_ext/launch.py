@@ -17,38 +17,14 @@ from rich.console import Console
 
 from .errors import user_errors
 
-__all__ = ["main", "describe", "describe_model", "cpu_threads"]
+__all__ = ["main", "describe", "cpu_threads"]
 
 
 def describe(config) -> str:
     """A short summary of an experiment: parameter counts and expert widths per layer."""
+    from .models import describe_model
+
     return describe_model(config.model)
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
-
-
-def describe_model(model) -> str:
-    """Parameter counts and expert widths per layer of a model config."""
-    from .models import expert_widths_per_layer
-
-    lines = [
-        f"total params:  {_size(model.num_params)} ({model.num_params:,d})",
-        f"active params: {_size(model.num_active_params)} ({model.num_active_params:,d})",
-    ]
-    try:
-        per_layer = expert_widths_per_layer(model)
-    except Exception:  # a model without variable-width MoE layers
-        return "\n".join(lines)
-    runs: List[str] = []
-    start = 0
-    for i in range(1, len(per_layer) + 1):
-        if i == len(per_layer) or per_layer[i] != per_layer[start]:
-            span = f"{start}" if i - 1 == start else f"{start}-{i - 1}"
-            runs.append(f"  layers {span}: {per_layer[start]}")
-            start = i
-    return "\n".join(lines + ["expert widths:"] + runs)
 
 
 def cpu_threads() -> None:
@@ -79,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args, overrides = parse_args(argv)
     console = Console()
     with user_errors():
-        from .experiment import check_parallelism, load_experiment
+        from .train.experiment import check_parallelism, load_experiment
 
         config = load_experiment(args.config, overrides)
         check_parallelism(config)
@@ -90,7 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from olmo_core.train import prepare_training_environment, teardown_training_environment
 
-    from .experiment import distributed_backend, train
+    from .train.experiment import distributed_backend, train
 
     cpu_threads()
     prepare_training_environment(backend=distributed_backend())

@@ -1,4 +1,5 @@
-"""Named model configs: FlexOlmo with experts of any width, at 7B scale and tiny for CPU.
+"""Model configs: named FlexOlmo configs (experts of any width, at 7B scale and tiny for CPU) and
+every transform of a model config.
 
 Every config is an OLMo-core :class:`TransformerConfig` whose blocks use
 :class:`~olmo_flex_ext.nn.moe.VariableMoEConfig`. Widths are given either as one list for all layers
@@ -7,6 +8,11 @@ widths differ from layer 0 become OLMo-core ``block_overrides``.
 
 Get a config by function (``flex_olmo_2x7b(domain_width=5504)``) or by name through
 :func:`get_model_config` (``"flex-2x7b-5504"``, ``"tiny-flex"``), which the CLI and train configs use.
+
+Transforms follow one naming rule: ``with_*`` / ``without_*`` return a changed copy and never edit
+their argument (:func:`with_expert_widths`, :func:`with_top_k`, :func:`with_opt_out`,
+:func:`without_experts`, :func:`map_moe_configs`); readers (:func:`moe_configs`,
+:func:`expert_widths_per_layer`, :func:`num_experts`) change nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from olmo_core.config import DType
 from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.nn.transformer import TransformerBlockConfig, TransformerConfig
 
-from .nn.moe import VariableMoEConfig, variable_moe_config
+from .errors import UserError
+from .nn.moe import VariableMoEConfig, validate_widths, variable_moe_config
+from .nn.router import active_experts
 
 __all__ = [
     "Widths",
@@ -30,9 +38,18 @@ __all__ = [
     "tiny_flex",
     "get_model_config",
     "model_names",
-    "expert_widths_per_layer",
-    "with_expert_widths",
     "olmo2_dense",
+    "per_layer_widths",
+    "moe_configs",
+    "num_experts",
+    "expert_widths_per_layer",
+    "map_moe_configs",
+    "with_expert_widths",
+    "with_top_k",
+    "with_opt_out",
+    "without_experts",
+    "describe_model",
+    "count_text",
 ]
 
 Widths = Union[Sequence[int], Sequence[Sequence[int]]]
@@ -51,7 +68,8 @@ FLEX_7B = dict(
 PUBLIC_WIDTH_7B = 11008
 
 
-def _per_layer(widths: Widths, n_layers: int) -> List[List[int]]:
+def per_layer_widths(widths: Widths, n_layers: int) -> List[List[int]]:
+    """One width list per layer from one list for all layers or one list per layer."""
     if len(widths) > 0 and isinstance(widths[0], (list, tuple)):
         per_layer = [list(w) for w in widths]  # type: ignore[arg-type]
         if len(per_layer) != n_layers:
@@ -79,7 +97,7 @@ def flex_olmo(
 ) -> TransformerConfig:
     """A FlexOlmo transformer: OLMo-2 blocks (post-norm, QK-norm, RoPE, no biases, untied
     embeddings) whose MLP is a :class:`VariableMoEConfig`. ``top_k`` defaults to all experts."""
-    per_layer = _per_layer(expert_widths, n_layers)
+    per_layer = per_layer_widths(expert_widths, n_layers)
     num_experts = len(per_layer[0])
     if any(len(w) != num_experts for w in per_layer):
         raise OLMoConfigurationError(
@@ -114,17 +132,92 @@ def flex_olmo(
     return with_expert_widths(base, per_layer)
 
 
-def expert_widths_per_layer(config: TransformerConfig) -> List[List[int]]:
-    """The expert widths of every layer of a model config."""
+def moe_configs(config: TransformerConfig) -> List[VariableMoEConfig]:
+    """The MoE config of every layer, in layer order."""
     out = []
-    for block in config.resolved_block_configs:
+    for i, block in enumerate(config.resolved_block_configs):
         moe = block.feed_forward_moe
         if not isinstance(moe, VariableMoEConfig):
             raise OLMoConfigurationError(
-                f"layer {len(out)} has no variable-width MoE (feed_forward_moe={type(moe).__name__})"
+                f"layer {i} has no variable-width MoE (feed_forward_moe={type(moe).__name__})"
             )
-        out.append(list(moe.expert_widths))
+        out.append(moe)
     return out
+
+
+def num_experts(config: TransformerConfig) -> int:
+    """Number of experts per layer (the same in every layer)."""
+    return moe_configs(config)[0].num_experts
+
+
+def expert_widths_per_layer(config: TransformerConfig) -> List[List[int]]:
+    """The expert widths of every layer of a model config."""
+    return [list(moe.expert_widths) for moe in moe_configs(config)]
+
+
+def map_moe_configs(
+    config: TransformerConfig, fn: Callable[[VariableMoEConfig], VariableMoEConfig]
+) -> TransformerConfig:
+    """A copy of ``config`` with ``fn`` applied to the MoE config of the base block and of every
+    block override (``fn`` gets a copy it may change and returns the new config)."""
+    if not isinstance(config.block, TransformerBlockConfig) or config.block_pattern:
+        raise OLMoConfigurationError("MoE settings can only be changed on single-block-type models")
+    config = config.copy()
+    blocks = [config.block] + list((config.block_overrides or {}).values())
+    for block in blocks:
+        moe = block.feed_forward_moe
+        if not isinstance(moe, VariableMoEConfig):
+            raise OLMoConfigurationError(
+                f"the model's MoE is {type(moe).__name__}, not a VariableMoEConfig"
+            )
+        block.feed_forward_moe = fn(dataclasses.replace(moe, router=moe.router.copy()))
+    return config
+
+
+def with_top_k(config: TransformerConfig, top_k: int) -> TransformerConfig:
+    """A copy of ``config`` routing each token to ``top_k`` experts in every layer."""
+
+    def set_top_k(moe: VariableMoEConfig) -> VariableMoEConfig:
+        validate_widths(moe.expert_widths, moe.num_experts, top_k)
+        moe.router.top_k = top_k
+        return moe
+
+    return map_moe_configs(config, set_top_k)
+
+
+def with_opt_out(config: TransformerConfig, experts: Optional[Sequence[int]]) -> TransformerConfig:
+    """A copy of ``config`` with ``experts`` switched off in every layer (``None``/empty: all on).
+
+    The model built from it computes exactly what the model without those experts computes (each
+    layer routes over the remaining experts with ``top_k = min(top_k, remaining)``).
+    """
+    off = sorted(int(e) for e in experts or [])
+
+    def set_opt_out(moe: VariableMoEConfig) -> VariableMoEConfig:
+        active_experts(moe.num_experts, off)
+        moe.opt_out = off or None
+        return moe
+
+    return map_moe_configs(config, set_opt_out)
+
+
+def without_experts(config: TransformerConfig, experts: Sequence[int]) -> TransformerConfig:
+    """A copy of ``config`` with ``experts`` removed: widths without them, ``top_k =
+    min(top_k, remaining)``, no opt-out."""
+    keep = active_experts(num_experts(config), experts)
+    if 0 in experts and any(getattr(m.router, "expert_bias", False) for m in moe_configs(config)):
+        raise UserError(
+            "cannot drop the public expert 0 of a router with an expert bias (the bias is defined "
+            "relative to it); switch it off with opt-out instead of --drop"
+        )
+    widths = [[w[e] for e in keep] for w in expert_widths_per_layer(config)]
+
+    def fix(moe: VariableMoEConfig) -> VariableMoEConfig:
+        moe.router.top_k = min(moe.router.top_k, len(keep))
+        moe.opt_out = None
+        return moe
+
+    return with_expert_widths(map_moe_configs(config, fix), widths)
 
 
 def with_expert_widths(config: TransformerConfig, expert_widths: Widths) -> TransformerConfig:
@@ -133,7 +226,7 @@ def with_expert_widths(config: TransformerConfig, expert_widths: Widths) -> Tran
     The number of experts and everything else stay as they are; layers whose widths differ from
     layer 0's become ``block_overrides``.
     """
-    per_layer = _per_layer(expert_widths, config.n_layers)
+    per_layer = per_layer_widths(expert_widths, config.n_layers)
     if not isinstance(config.block, TransformerBlockConfig) or config.block_pattern:
         raise OLMoConfigurationError("expert widths can only be set on single-block-type models")
     config = config.copy()
@@ -181,10 +274,6 @@ def flex_olmo_2x7b(domain_width: Union[int, Sequence[int]] = PUBLIC_WIDTH_7B) ->
     else:
         widths = [[PUBLIC_WIDTH_7B, w] for w in domain_width]
     return flex_olmo_7b_experts(widths)
-
-
-TINY = dict(d_model=64, n_layers=2, n_heads=4, vocab_size=512)
-"""Shape of the tiny CPU models (same structure as the 7B ones)."""
 
 
 def tiny_flex(
@@ -261,3 +350,28 @@ def olmo2_dense(
         feed_forward=FeedForwardConfig(hidden_size=hidden_size, bias=False, dtype=dtype),
         dtype=dtype,
     )
+
+
+def count_text(n: int) -> str:
+    """``9.46B`` or ``0.64M``: a parameter count for people."""
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+
+
+def describe_model(model: TransformerConfig) -> str:
+    """Parameter counts and, for variable-width MoE models, the expert widths per layer."""
+    lines = [
+        f"total params:  {count_text(model.num_params)} ({model.num_params:,d})",
+        f"active params: {count_text(model.num_active_params)} ({model.num_active_params:,d})",
+    ]
+    try:
+        per_layer = expert_widths_per_layer(model)
+    except OLMoConfigurationError:  # a model without variable-width MoE layers
+        return "\n".join(lines)
+    runs: List[str] = []
+    start = 0
+    for i in range(1, len(per_layer) + 1):
+        if i == len(per_layer) or per_layer[i] != per_layer[start]:
+            span = f"{start}" if i - 1 == start else f"{start}-{i - 1}"
+            runs.append(f"  layers {span}: {per_layer[start]}")
+            start = i
+    return "\n".join(lines + ["expert widths:"] + runs)

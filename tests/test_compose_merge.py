@@ -10,7 +10,7 @@ from compose_helpers import D_MODEL, make_experts, reference_merged_model
 from olmo_flex_ext import load_model
 from olmo_flex_ext.checkpoint import read_config, read_model_config, save_model
 from olmo_flex_ext.cli import main as cli
-from olmo_flex_ext.compose import load_domain_embeddings, merge_experts, opt_out, write_opt_out
+from olmo_flex_ext.compose import load_domain_embeddings, merge_experts, set_opt_out, write_opt_out
 from olmo_flex_ext.data.synthetic import bigram_tokens
 from olmo_flex_ext.models import expert_widths_per_layer
 
@@ -58,7 +58,7 @@ def test_opt_out_equals_model_merged_without_that_expert(experts, merged, top_k,
     )
     expected = _logits(without)
 
-    model = opt_out(load_model(merged[top_k]), [2])  # in place on a loaded model
+    model = set_opt_out(load_model(merged[top_k]), [2])  # in place on a loaded model
     assert torch.equal(_logits(model), expected)
 
     switched = write_opt_out(merged[top_k], tmp_path / "optout", [2])  # config setting
@@ -143,8 +143,8 @@ def test_router_rows_equal_domain_embeddings(experts, tmp_path):
 
 @pytest.mark.slow
 def test_router_only_training_changes_nothing_else(merged, tmp_path, monkeypatch):
-    from olmo_flex_ext.compose import router_only_patterns
-    from olmo_flex_ext.experiment import check_parallelism, load_experiment, train
+    from olmo_flex_ext.train.experiment import check_parallelism, load_experiment, train
+    from olmo_flex_ext.train.trainable import ROUTER_ONLY_FREEZE
 
     monkeypatch.setenv("OLMO_FLEX_DATA_ROOT", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
@@ -155,7 +155,7 @@ def test_router_only_training_changes_nothing_else(merged, tmp_path, monkeypatch
          f"--dataset.work_dir={tmp_path / 'cache'}", "--trainer.max_duration.value=3",
          "--trainer.callbacks.wandb.enabled=false"],
     )
-    assert config.model.freeze_params == router_only_patterns(config.model)
+    assert config.model.freeze_params == ROUTER_ONLY_FREEZE
     check_parallelism(config)
     train(config)
     before = load_model(merged[2]).state_dict()
@@ -166,8 +166,7 @@ def test_router_only_training_changes_nothing_else(merged, tmp_path, monkeypatch
 
 
 def test_merge_keeps_expert_bias_entries(tmp_path):
-    from olmo_flex_ext.compose import map_moe_configs
-    from olmo_flex_ext.models import tiny_flex
+    from olmo_flex_ext.models import map_moe_configs, tiny_flex
     from olmo_flex_ext.nn.router import FlexRouterConfig
 
     def with_bias(moe):
@@ -195,10 +194,9 @@ def test_merge_keeps_expert_bias_entries(tmp_path):
 def test_7b_router_config_trains_only_the_routers_of_the_checkpoint(tmp_path, monkeypatch):
     """``train_configs/flex_router.py`` takes a merged model's config from ``--load_path`` (here a
     small one with dolma2's vocabulary) and freezes everything but its routers."""
-    from olmo_flex_ext.compose import router_only_patterns
-    from olmo_flex_ext.compose.router_training import RouterOnlyCheck
-    from olmo_flex_ext.experiment import load_experiment
     from olmo_flex_ext.models import tiny_flex
+    from olmo_flex_ext.train.experiment import load_experiment
+    from olmo_flex_ext.train.trainable import ROUTER_ONLY_FREEZE, RouterOnlyCheck
 
     monkeypatch.setenv("OLMO_FLEX_DATA_ROOT", str(tmp_path / "data"))
     model_config = tiny_flex((64, 32, 16), top_k=2, vocab_size=100352)
@@ -209,7 +207,10 @@ def test_7b_router_config_trains_only_the_routers_of_the_checkpoint(tmp_path, mo
         [f"--load_path={ckpt}", f"--trainer.save_folder={tmp_path / 'run'}"],
     )
     assert expert_widths_per_layer(config.model) == expert_widths_per_layer(model_config)
-    assert config.model.freeze_params == router_only_patterns(config.model)
+    assert config.model.freeze_params == ROUTER_ONLY_FREEZE
+    built = config.model.build(init_device="meta")
+    trainable = [n for n, p in built.named_parameters() if p.requires_grad]
+    assert trainable and all(".feed_forward_moe.router." in n for n in trainable), trainable
     assert config.train_module.optim.weight_decay == 0.0
     assert isinstance(config.trainer.callbacks["router_only_check"], RouterOnlyCheck)
     assert config.dataset.paths == [f"{tmp_path / 'data'}/router-mix/*.npy"]

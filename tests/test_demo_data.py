@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from olmo_flex_ext.data.arithmetic import LEVELS, is_held_out, math_problems
-from olmo_flex_ext.data.code import code_documents
-from olmo_flex_ext.data.demo_data import SPLITS, DemoData, DemoDataConfig
-from olmo_flex_ext.data.english import english_documents
-from olmo_flex_ext.data.tokenizer import EOS_TOKEN, PAD_TOKEN, train_bpe_tokenizer
 from olmo_flex_ext.data.tokens import TokenFiles
+from olmo_flex_ext.demo.data.arithmetic import LEVELS, is_held_out, math_problems
+from olmo_flex_ext.demo.data.code import code_documents
+from olmo_flex_ext.demo.data.corpus import SPLITS, DemoData, DemoDataConfig
+from olmo_flex_ext.demo.data.english import english_documents
+from olmo_flex_ext.demo.data.tokenizer import EOS_TOKEN, PAD_TOKEN, train_bpe_tokenizer
 
 
 def test_english_is_deterministic_and_varied():

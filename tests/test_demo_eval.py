@@ -9,11 +9,15 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from olmo_flex_ext.data.arithmetic import math_problems
-from olmo_flex_ext.data.english import english_documents
-from olmo_flex_ext.data.tokenizer import train_bpe_tokenizer
-from olmo_flex_ext.eval.arithmetic import answer_loss, encode_problems, evaluate_math
-from olmo_flex_ext.eval.callback import FlexEvalCallback
+from olmo_flex_ext.demo.data.arithmetic import math_problems
+from olmo_flex_ext.demo.data.english import english_documents
+from olmo_flex_ext.demo.data.tokenizer import train_bpe_tokenizer
+from olmo_flex_ext.demo.math_eval import (
+    MathEvalCallback,
+    answer_loss,
+    encode_problems,
+    evaluate_math,
+)
 from olmo_flex_ext.eval.lm import token_file_loss
 from olmo_flex_ext.models import olmo2_dense
 
@@ -124,8 +128,8 @@ def test_token_file_loss_matches_reference(model, tmp_path):
     assert sub == pytest.approx(float(sum(losses[i] for i in picked)) / 30, rel=1e-5)
 
 
-def test_eval_callback_records_metrics(model, tok_dir, tmp_path):
-    from olmo_flex_ext.data.demo_data import _problem_record
+def test_math_eval_callback_records_metrics(model, tok_dir, tmp_path):
+    from olmo_flex_ext.demo.data.corpus import _problem_record
 
     problems = list(math_problems(6, split="eval"))
     path = tmp_path / "math-eval.jsonl"
@@ -140,7 +144,7 @@ def test_eval_callback_records_metrics(model, tok_dir, tmp_path):
         global_step=10,
         record_metric=lambda name, value: recorded.__setitem__(name, float(value)),
     )
-    cb = FlexEvalCallback(
+    cb = MathEvalCallback(
         tokenizer=str(tok_dir), math_problems=str(path), general_data=str(tmp_path / "gen.npy"),
         seq_len=16, eval_interval=5,
     )  # fmt: skip
@@ -165,7 +169,7 @@ def test_eval_callback_records_metrics(model, tok_dir, tmp_path):
 
 
 def test_exact_match_rule():
-    from olmo_flex_ext.eval.arithmetic import is_correct
+    from olmo_flex_ext.demo.math_eval import is_correct
 
     assert is_correct(" 4 + 9 = 13", "13") and is_correct(" 13", "13")
     assert is_correct(" 4 + 9 = 13\nQuestion: ...", "13")

@@ -33,6 +33,59 @@ def test_upstream_digest_follows_inputs_and_outputs_not_timings(tmp_path):
         runner.upstream("b")
 
 
+STAGES = """
+import logging, os, sys
+from functools import partial
+from pathlib import Path
+from olmo_flex_ext.demo.display import StageDisplay
+from olmo_flex_ext.demo.runner import Job, StageFailed, StageRunner
+
+def noisy(n):
+    print(f"stdout of stage {n}")
+    logging.getLogger("some.library").warning("a library warning")
+    os.write(2, b"straight to fd 2\\n")
+    if n == 3:
+        raise ValueError("stage three broke")
+    return {"n": n}
+
+display = StageDisplay()
+runner = StageRunner(Path(sys.argv[1]), display=display, summary=lambda name, out: f"n={out['n']}")
+with display:
+    runner.run("one", {}, partial(noisy, 1))
+    runner.run_all([Job("two", {}, partial(noisy, 2))])
+    runner.run("one", {}, partial(noisy, 1))  # done: skipped
+    try:
+        runner.run("three", {}, partial(noisy, 3))
+    except StageFailed as e:
+        print(f"raised: {e}", file=sys.stderr)
+"""
+
+
+def test_one_line_per_stage_and_everything_else_in_its_log(tmp_path):
+    """What a stage prints (Python, logging, file descriptors) goes to logs/<stage>.log; the
+    terminal gets one line per stage; a failing stage shows the end of its log and its path."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", STAGES, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    out, err = done.stdout, done.stderr
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines[0].startswith("✓ one") and lines[0].endswith("n=1"), out
+    assert lines[1].startswith("✓ two") and lines[2].startswith("· one") and "done earlier" in lines[2]
+    assert lines[3].startswith("✗ three") and "ValueError: stage three broke" in lines[3]
+    log3 = tmp_path / "logs" / "three.log"
+    assert "stage three broke" in out and f"full log: {log3}" in out
+    assert "stdout of stage" not in out.replace("stdout of stage 3", "") + err.replace(str(log3), "")
+    assert "library warning" not in err and "straight to fd" not in err
+    assert err.startswith("raised: stage three failed") and str(log3) in err
+    for n, name in ((1, "one"), (2, "two"), (3, "three")):
+        log = (tmp_path / "logs" / f"{name}.log").read_text()
+        assert f"stdout of stage {n}" in log and "straight to fd 2" in log
+        assert "a library warning" in log
+
+
 def test_demo_refuses_a_directory_made_with_other_settings(tmp_path):
     (tmp_path / "demo.json").write_text(json.dumps({"quick": False}))
     with pytest.raises(UserError, match="other settings"):

@@ -6,12 +6,12 @@ from dataclasses import asdict
 
 import pytest
 
-from olmo_flex_ext.report import (
+from olmo_flex_ext.demo.report import write_report
+from olmo_flex_ext.demo.results import (
     ResultRow,
     check_claims,
     model_row_fields,
     validate_results,
-    write_report,
 )
 
 

@@ -31,7 +31,7 @@ K = 32
 
 WRAPPER = """
 from olmo_core.train.callbacks import MetricSaverCallback
-from olmo_flex_ext.experiment import load_experiment
+from olmo_flex_ext.train.experiment import load_experiment
 
 def build_config():
     config = load_experiment({config!r}, {overrides!r})

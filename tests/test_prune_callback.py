@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from prune_util import tiny_checkpoint
+from prune_helpers import tiny_checkpoint
 
 from olmo_flex_ext.checkpoint import (
     iter_tensors,

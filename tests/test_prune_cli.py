@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from prune_util import tiny_checkpoint, token_files
+from prune_helpers import tiny_checkpoint, token_files
 
 from olmo_flex_ext.checkpoint import load_model, read_config
 from olmo_flex_ext.cli import main

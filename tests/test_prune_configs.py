@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from olmo_flex_ext.experiment import load_experiment
 from olmo_flex_ext.launch import describe
 from olmo_flex_ext.models import expert_widths_per_layer, flex_olmo_2x7b
 from olmo_flex_ext.prune.callback import PruneCallback
 from olmo_flex_ext.prune.scores import ImportanceScores
+from olmo_flex_ext.train.experiment import load_experiment
 
 CONFIGS = Path(__file__).resolve().parents[1] / "train_configs"
 

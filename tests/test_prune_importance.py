@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from prune_util import batches, tiny_checkpoint, tiny_model, token_files
+from prune_helpers import batches, tiny_checkpoint, tiny_model, token_files
 
 from olmo_flex_ext.data.tokens import TokenFiles
 from olmo_flex_ext.prune.importance import compute_importance

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from prune_util import batches, lm_loss, token_files
+from prune_helpers import batches, lm_loss, token_files
 
 from olmo_flex_ext.data.tokens import TokenFiles
 from olmo_flex_ext.models import tiny_flex

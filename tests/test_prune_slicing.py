@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from prune_util import tiny_checkpoint, tiny_model
+from prune_helpers import tiny_checkpoint, tiny_model
 
 from olmo_flex_ext.checkpoint import iter_tensors, load_model, read_config, tensor_shapes
 from olmo_flex_ext.models import expert_widths_per_layer

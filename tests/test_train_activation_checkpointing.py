@@ -70,17 +70,16 @@ def test_whole_block_modes_are_refused_by_olmo_core(mode, settings):
 
 
 def test_group_overrides_and_checks_match_wrapped_parameters():
-    from olmo_flex_ext.compose.router_training import RouterOnlyCheck, router_only
-    from olmo_flex_ext.experiment import build_model
-    from olmo_flex_ext.recipes import TINY_TOKENIZER, flex_experiment
-    from olmo_flex_ext.train.trainable import train_only_experts
+    from olmo_flex_ext.recipes import TINY_TOKENIZER, flex_experiment, with_expert_training
+    from olmo_flex_ext.train.experiment import build_model
+    from olmo_flex_ext.train.trainable import ROUTER_ONLY_FREEZE, RouterOnlyCheck
 
     config = flex_experiment(
         model=tiny_flex([48, 16]), data_paths=["unused.npy"], tokenizer=TINY_TOKENIZER,
         save_folder="unused", sequence_length=16, global_batch_tokens=32, microbatch_tokens=32,
         max_duration=None, lr=1e-3, weight_decay=0.1, wandb_project=None,
     )  # fmt: skip
-    config = train_only_experts(config, experts=[1])
+    config = with_expert_training(config, experts=[1])
     config.model.freeze_params = config.freeze_params
     w1 = "blocks.*.feed_forward_moe.experts.mlp.w1"
     optim = config.train_module.optim
@@ -104,7 +103,9 @@ def test_group_overrides_and_checks_match_wrapped_parameters():
     with pytest.raises(OLMoConfigurationError, match="does not match any parameters"):
         optim.build(built.model)  # the plain pattern misses the wrapped names
 
-    routers = router_only(tiny_flex([48, 16])).build(init_device="cpu")
+    routers_config = tiny_flex([48, 16])
+    routers_config.freeze_params = list(ROUTER_ONLY_FREEZE)  # what with_router_training freezes
+    routers = routers_config.build(init_device="cpu")
     routers.apply_activation_checkpointing(Mode.selected_modules, modules=MODULES)
     check = RouterOnlyCheck()
     check.trainer = SimpleNamespace(train_module=SimpleNamespace(model=routers))

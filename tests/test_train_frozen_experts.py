@@ -14,21 +14,20 @@ import torch
 from torch.distributed.checkpoint import FileSystemReader
 
 from olmo_flex_ext import load_model
-from olmo_flex_ext.experiment import load_experiment, train
 from olmo_flex_ext.nn.moe import variable_moe_config
+from olmo_flex_ext.train.experiment import load_experiment, train
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTHS, D = [48, 16], 64
 W1 = "blocks.{}.feed_forward_moe.experts.mlp.w1"
 CONFIG = """
 from olmo_flex_ext.models import tiny_flex
-from olmo_flex_ext.recipes import tiny_experiment
-from olmo_flex_ext.train import train_only_experts
+from olmo_flex_ext.recipes import tiny_experiment, with_expert_training
 
 def build_config():
     config = tiny_experiment("frozen", model=tiny_flex([48, 16]), steps=10, lr=1e-2,
                              save_interval=5, warmup_steps=0)
-    return train_only_experts(config, experts=[1], train_router=True)
+    return with_expert_training(config, experts=[1], train_router=True)
 """
 FAST = ["--trainer.metrics_collect_interval=5", "--trainer.callbacks.wandb.enabled=false"]
 HARD_STOP_5 = "--trainer.hard_stop={value: 5, unit: steps}"

@@ -29,7 +29,7 @@ def measure(config_path: str, world_size: int, out: str) -> None:
     allocator's peak during the steps (the profiler's running total of allocated bytes)."""
     import torch.distributed as dist
 
-    from olmo_flex_ext.experiment import build_model, check_parallelism, load_experiment
+    from olmo_flex_ext.train.experiment import build_model, check_parallelism, load_experiment
     from olmo_flex_ext.train.fake_step import StepTrainer, step_batch
 
     config = load_experiment(config_path)

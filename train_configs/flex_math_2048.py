@@ -16,12 +16,8 @@ compile and activation checkpointing as the memory plan for 8 and 16 GPUs of 80 
 (`olmo-flex plan train_configs/flex_math_2048.py --world-size 8`, docs/performance.md).
 """
 
-from olmo_flex_ext.prune.callback import flex_math_prune_callback
 from olmo_flex_ext.recipes import flex_math_7b
 
 
 def build_config():
-    config = flex_math_7b(2048)
-    config.load_path = None  # the pruning callback makes the initial weights
-    config.trainer.callbacks["prune"] = flex_math_prune_callback()
-    return config
+    return flex_math_7b(2048)  # the pruning callback prunes the teacher on a fresh run

@@ -11,8 +11,7 @@ step of the 2-expert model at 8 or 16 GPUs of 80 GB well within them, docs/perfo
 from olmo_core.data import TokenizerConfig
 from olmo_core.train import Duration
 
-from olmo_flex_ext.compose import router_experiment
-from olmo_flex_ext.recipes import BF16, FLEX_7B_AC, data_root
+from olmo_flex_ext.recipes import BF16, FLEX_7B_AC, data_root, router_experiment
 
 
 def build_config():

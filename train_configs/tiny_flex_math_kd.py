@@ -14,11 +14,15 @@ checkpoint pruned offline (``olmo-flex prune ... --widths 256,32``); the callbac
 A student of another width: ``--model.block.feed_forward_moe.expert_widths=[256,48]``.
 """
 
-from olmo_flex_ext.distill.recipe import with_distillation
 from olmo_flex_ext.models import tiny_flex
 from olmo_flex_ext.prune.callback import PruneCallback
-from olmo_flex_ext.recipes import TINY_SEQ, tiny_data, tiny_experiment
-from olmo_flex_ext.train.trainable import train_only_experts
+from olmo_flex_ext.recipes import (
+    TINY_SEQ,
+    tiny_data,
+    tiny_experiment,
+    with_distillation,
+    with_expert_training,
+)
 
 TEACHER = "runs/tiny_flex"
 STORE = "runs/tiny_flex_math_kd/store"
@@ -33,4 +37,4 @@ def build_config():
         extra_callbacks={"prune": prune},
     )
     config = with_distillation(config, store=STORE, teacher_path=TEACHER)
-    return train_only_experts(config, experts=[1], train_router=True)
+    return with_expert_training(config, experts=[1], train_router=True)

@@ -7,12 +7,11 @@ example one made with ``olmo-flex merge ... --out runs/tiny_merged``).
 The model's vocabulary must cover the synthetic data's 512 token ids.
 """
 
-from olmo_flex_ext.compose import router_only_experiment
-from olmo_flex_ext.recipes import tiny_experiment
+from olmo_flex_ext.recipes import tiny_experiment, with_router_training
 
 
 def build_config():
     config = tiny_experiment(
         "tiny_flex_router", model=None, steps=50, lr=1e-2, warmup_steps=0, save_interval=25
     )
-    return router_only_experiment(config)
+    return with_router_training(config)

@@ -2,10 +2,13 @@
 router-only training. Functions the demo and users call:
 
 - :func:`merge_experts` (``olmo-flex merge``), :func:`write_opt_out` (``olmo-flex opt-out``),
-  :func:`opt_out` (in place on a built model), :func:`with_opt_out` (on a config);
+  :func:`set_opt_out` (in place on a built model);
 - :func:`compute_domain_embeddings` (``olmo-flex domain-embed``), :func:`save_domain_embeddings`
   (vectors from any embedder), :func:`load_domain_embeddings`;
-- :func:`router_only` / :func:`router_experiment` / :func:`router_only_experiment` (FlexOlmo's router-training "RT" variant).
+
+Router-only training (FlexOlmo's "RT") is :func:`olmo_flex_ext.recipes.with_router_training`; model
+config transforms (top-k, opt-out: ``with_opt_out``, ``without_experts``) live in
+:mod:`olmo_flex_ext.models`.
 """
 
 from ..lazy import lazy_exports
@@ -13,10 +16,6 @@ from ..lazy import lazy_exports
 # Name -> submodule; imported on first use so that `olmo-flex --help` (which imports
 # olmo_flex_ext.compose.commands) does not pay for torch and OLMo-core.
 _EXPORTS = {
-    "map_moe_configs": "configs",
-    "moe_configs": "configs",
-    "with_opt_out": "configs",
-    "with_top_k": "configs",
     "DomainEmbeddings": "embeddings",
     "compute_domain_embeddings": "embeddings",
     "load_domain_embeddings": "embeddings",
@@ -24,16 +23,8 @@ _EXPORTS = {
     "save_domain_embeddings": "embeddings",
     "MergeError": "merge",
     "merge_experts": "merge",
-    "opt_out": "optout",
-    "without_experts": "optout",
+    "set_opt_out": "optout",
     "write_opt_out": "optout",
-    "ROUTER_PARAMS": "router_training",
-    "ROUTER_ONLY_FREEZE": "router_training",
-    "RouterOnlyCheck": "router_training",
-    "router_experiment": "router_training",
-    "router_only_experiment": "router_training",
-    "router_only": "router_training",
-    "router_only_patterns": "router_training",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -34,9 +34,8 @@ from ..checkpoint import (
     tensor_meta,
 )
 from ..errors import UserError
-from ..models import expert_widths_per_layer, with_expert_widths
+from ..models import expert_widths_per_layer, with_expert_widths, with_opt_out, with_top_k
 from ..progress import progress_bar
-from .configs import with_opt_out, with_top_k
 from .embeddings import DomainEmbeddings, load_domain_embeddings
 
 __all__ = ["merge_experts", "MergeError", "param_names", "expert_rows", "load_tensor"]

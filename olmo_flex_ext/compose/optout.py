@@ -2,9 +2,9 @@
 
 Three ways, all the same function:
 
-- on a built model: :func:`opt_out` (``opt_out(model, [2])``; ``opt_out(model, [])`` switches all
-  back on), no reload;
-- in a config: ``VariableMoEConfig.opt_out`` (:func:`~olmo_flex_ext.compose.configs.with_opt_out`
+- on a built model: :func:`set_opt_out` (``set_opt_out(model, [2])``; ``set_opt_out(model, [])``
+  switches all back on), in place, no reload;
+- in a config: ``VariableMoEConfig.opt_out`` (:func:`~olmo_flex_ext.models.with_opt_out`
   sets it on every layer; a train/eval config can use ``--model.block.feed_forward_moe.opt_out=[2]``
   when all layers share one block config);
 - as a checkpoint: :func:`write_opt_out` (``olmo-flex opt-out CKPT --experts 2 --out DST``) copies
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 import torch
-from olmo_core.nn.transformer import Transformer, TransformerConfig
+from olmo_core.nn.transformer import Transformer
 
 from ..checkpoint import (
     LazyTensor,
@@ -36,18 +36,17 @@ from ..checkpoint import (
     tensor_meta,
 )
 from ..errors import UserError
-from ..models import expert_widths_per_layer, with_expert_widths
+from ..models import expert_widths_per_layer, with_opt_out, without_experts
 from ..nn.moe import VariableMoE
 from ..nn.router import active_experts
-from .configs import map_moe_configs, moe_configs, with_opt_out
 from .merge import expert_rows, load_tensor, moe_param, param_names
 
-__all__ = ["opt_out", "write_opt_out", "without_experts"]
+__all__ = ["set_opt_out", "write_opt_out"]
 
 PathLike = Union[str, os.PathLike]
 
 
-def opt_out(model: Transformer, experts: Sequence[int]) -> Transformer:
+def set_opt_out(model: Transformer, experts: Sequence[int]) -> Transformer:
     """Switch off ``experts`` (ids, same in every layer) in a built model, in place; an empty list
     switches every expert back on. Returns ``model``."""
     layers = [m for m in model.modules() if isinstance(m, VariableMoE)]
@@ -56,26 +55,6 @@ def opt_out(model: Transformer, experts: Sequence[int]) -> Transformer:
     for layer in layers:
         layer.set_opt_out(list(experts))
     return model
-
-
-def without_experts(config: TransformerConfig, experts: Sequence[int]) -> TransformerConfig:
-    """The config of the model with ``experts`` removed: widths without them, ``top_k =
-    min(top_k, remaining)``, no opt-out."""
-    num = moe_configs(config)[0].num_experts
-    keep = active_experts(num, experts)
-    if 0 in experts and any(getattr(m.router, "expert_bias", False) for m in moe_configs(config)):
-        raise UserError(
-            "cannot drop the public expert 0 of a router with an expert bias (the bias is defined "
-            "relative to it); switch it off with opt-out instead of --drop"
-        )
-    widths = [[w[e] for e in keep] for w in expert_widths_per_layer(config)]
-
-    def fix(moe):
-        moe.router.top_k = min(moe.router.top_k, len(keep))
-        moe.opt_out = None
-        return moe
-
-    return with_expert_widths(map_moe_configs(config, fix), widths)
 
 
 def _dropped_tensor(src: Path, name: str, widths: List[List[int]], keep: List[int], d_model: int):

@@ -1,4 +1,6 @@
-"""Token data: reading OLMo-core token files, making the demo's small corpora, tokenizing JSONL.
+"""Token data: reading OLMo-core token files (:mod:`.tokens`), tokenizing JSONL corpora with any
+Hugging Face tokenizer (:mod:`.tokenize`), named OLMo-core tokenizers (:mod:`.tokenizers`), and the
+synthetic token files of the tiny configs and tests (:mod:`.synthetic`).
 
 Names are imported on first use so that ``olmo-flex --help`` does not load numpy or OLMo-core.
 """

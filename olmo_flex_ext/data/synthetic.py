@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
+from olmo_core.data import TokenizerConfig
 
 from ..atomic import write_atomic
 
-__all__ = ["bigram_tokens", "ensure_synthetic_tokens"]
+__all__ = ["TINY_TOKENIZER", "bigram_tokens", "ensure_synthetic_tokens"]
+
+TINY_TOKENIZER = TokenizerConfig(vocab_size=512, eos_token_id=0, pad_token_id=1)
+"""Tokenizer of the synthetic tiny data (ids 0..511, EOS 0)."""
 
 
 def bigram_tokens(num_tokens: int, vocab_size: int, *, seed: int = 0, eos: int = 0) -> np.ndarray:

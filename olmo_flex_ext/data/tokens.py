@@ -12,12 +12,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 from olmo_core.exceptions import OLMoConfigurationError
 
-__all__ = ["token_dtype", "expand_paths", "TokenFiles", "Window", "DTYPES"]
+__all__ = ["token_dtype", "expand_paths", "TokenFiles", "Window", "DTYPES", "sampled_sha256"]
 
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 
@@ -108,10 +108,6 @@ class TokenFiles:
         picks = np.linspace(0, len(full), num, endpoint=False).astype(np.int64)
         return [full[i] for i in picks]
 
-    def iter_windows(self, windows: Sequence[Window]) -> Iterator[np.ndarray]:
-        for w in windows:
-            yield self.read(w)
-
     def max_token(self, sample: int = 1 << 20) -> int:
         """Largest id in the first ``sample`` tokens of each file (a cheap vocabulary check)."""
         return max(int(self.array(f)[:sample].max()) for f in range(len(self.paths)) if self.sizes[f])
@@ -119,12 +115,13 @@ class TokenFiles:
     def fingerprint(self) -> List[dict]:
         """Per file: name, token count, and a sha256 of its size and sampled content."""
         return [
-            {"name": Path(p).name, "tokens": n, "sha256": _sampled_sha256(p)}
+            {"name": Path(p).name, "tokens": n, "sha256": sampled_sha256(p)}
             for p, n in zip(self.paths, self.sizes)
         ]
 
 
-def _sampled_sha256(path: str, block: int = 1 << 20, samples: int = 16) -> str:
+def sampled_sha256(path: str, block: int = 1 << 20, samples: int = 16) -> str:
+    """sha256 of a file's size and content (for large files: 16 evenly spaced 1 MiB blocks)."""
     # Hashing whole multi-GB token files would take minutes; size + evenly spaced 1 MiB blocks
     # catches truncation, regeneration and swapped files, which is what the check is for.
     size = os.path.getsize(path)

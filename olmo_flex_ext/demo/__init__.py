@@ -11,6 +11,7 @@ Importing this package stays light (the CLI registers it); the pieces load on fi
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..lazy import lazy_exports
 
@@ -66,8 +67,14 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("threads", "jobs"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    run_demo(
-        args.out, quick=args.quick, wandb=not args.no_wandb, threads=args.threads,
-        jobs=args.jobs, seed=args.seed,
-    )  # fmt: skip
+    from .runner import StageFailed
+
+    try:
+        run_demo(
+            args.out, quick=args.quick, wandb=not args.no_wandb, threads=args.threads,
+            jobs=args.jobs, seed=args.seed,
+        )  # fmt: skip
+    except StageFailed as e:  # the end of the stage's log is already on the terminal
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0

@@ -3,7 +3,7 @@ from the same public model, merged with it into one public + math + code MoE
 (:func:`olmo_flex_ext.compose.merge_experts`, router rows from the domain embeddings), its routers
 tuned on a small mix of the domains' data (router-only training, FlexOlmo's router tuning), and
 evaluated on both domains with every expert on and with each domain expert switched off
-(:func:`olmo_flex_ext.compose.opt_out`).
+(:func:`olmo_flex_ext.compose.set_opt_out`).
 
 Composition rows (``DIR/composition.json``): ``name``, ``experts`` (the experts that are on),
 ``expert_widths``, ``total_params``, ``math_accuracy``, ``math_loss``, ``code_loss``,
@@ -16,7 +16,7 @@ from dataclasses import asdict
 from functools import partial
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
-from .pipeline import DOMAINS
+from .config import DOMAINS
 from .runner import Job
 
 if TYPE_CHECKING:
@@ -83,8 +83,8 @@ def evaluate(
     """A composition row; ``shared``: a results row of the same model whose math and general
     numbers are reused (only the code loss is computed)."""
     from ..checkpoint import read_model_config
-    from ..report import model_row_fields
     from .evaluate import evaluate_checkpoint
+    from .results import model_row_fields
 
     if shared is None:
         scores = evaluate_checkpoint(

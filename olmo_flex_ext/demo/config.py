@@ -11,9 +11,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..data.demo_data import DemoDataConfig
+from .data.corpus import DemoDataConfig
 
-__all__ = ["RunSettings", "DemoConfig", "demo_config", "identity"]
+__all__ = ["RunSettings", "DemoConfig", "demo_config", "identity", "DOMAINS"]
+
+DOMAINS = ("general", "math", "code")
+"""Domain embeddings, in router-row order: the public expert's domain first."""
 
 
 @dataclass
@@ -75,7 +78,7 @@ class DemoConfig:
     seed: int = 0
     margin: float = 0.1
     """The half-width distilled expert's math answer loss may exceed the full expert's by at most
-    this fraction (see :func:`olmo_flex_ext.report.check_claims`)."""
+    this fraction (see :func:`olmo_flex_ext.demo.results.check_claims`)."""
     claim_accuracy: bool = True
     """Whether "the full expert beats no expert" also requires higher accuracy (the quick demo's
     models are too small for accuracy to be more than noise)."""

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from ..data.demo_data import DemoData
     from .config import DemoConfig
+    from .data.corpus import DemoData
 
 __all__ = ["evaluate_checkpoint", "result_row"]
 
@@ -25,17 +25,17 @@ def evaluate_checkpoint(
     opt_out: Optional[Sequence[int]] = None,
 ) -> Dict[str, float]:
     """``math_accuracy`` and ``math_loss`` (``"math"``), ``general_loss``, ``code_loss`` of a
-    checkpoint, optionally with experts switched off (:func:`olmo_flex_ext.compose.opt_out`)."""
+    checkpoint, optionally with experts switched off (:func:`olmo_flex_ext.compose.set_opt_out`)."""
     from .. import load_model
     from ..data.tokenize import load_tokenizer
-    from ..eval.arithmetic import evaluate_math
     from ..eval.lm import token_file_loss
+    from .math_eval import evaluate_math
 
     model = load_model(checkpoint)
     if opt_out:
-        from ..compose import opt_out as switch_off
+        from ..compose import set_opt_out
 
-        switch_off(model, list(opt_out))
+        set_opt_out(model, list(opt_out))
     out: Dict[str, float] = {}
     if "math" in metrics:
         tok, special = load_tokenizer(data.tokenizer_dir)
@@ -60,7 +60,7 @@ def result_row(
     """One ``results.json`` row: parameter counts and expert widths of a checkpoint plus its
     held-out math and general evaluation."""
     from ..checkpoint import read_model_config
-    from ..report import model_row_fields
+    from .results import model_row_fields
 
     scores = evaluate_checkpoint(checkpoint, data, config)
     console.print(

@@ -7,17 +7,15 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from rich.console import Console
-
 from ..atomic import write_atomic
 from ..errors import UserError
 from .config import demo_config, identity
+from .display import StageDisplay
 from .pipeline import Demo
+from .report import print_tables
 from .runner import worker_pool
 
-__all__ = ["run_demo", "print_tables"]
-
-console = Console()
+__all__ = ["run_demo"]
 
 
 def run_demo(
@@ -51,46 +49,22 @@ def run_demo(
     else:
         write_atomic(settings, json.dumps(identity(config), indent=2))
     start = time.perf_counter()
+    display = StageDisplay()
+    preset = "quick demo" if quick else "demo"
+    display.print(
+        f"olmo-flex {preset} (seed {seed}, {jobs} job{'s' if jobs > 1 else ''}) in {root}: one line "
+        f"per stage; each stage's full output in {root / 'logs'}/<stage>.log"
+    )
     pool = worker_pool(jobs, threads)
     try:
-        rows, composition = Demo(root, config, pool).run()
+        with display:
+            rows, composition = Demo(root, config, pool, display).run()
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    print_tables(rows, composition)
-    console.print(
+    print_tables(rows, composition, display.console)
+    display.print(
         f"wall time of this invocation {time.perf_counter() - start:.0f} s; results in "
         f"{root / 'results.json'}, report in {root / 'report.md'}"
     )
     return rows, composition
-
-
-def print_tables(rows: List[Dict[str, Any]], composition: List[Dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    table = Table(title="results")
-    for col in ("name", "kind", "expert widths", "params", "expert params", "math acc",
-                "math loss", "general loss"):  # fmt: skip
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["name"], r["kind"], _widths(r["expert_widths"]), f"{r['total_params']:,}",
-            f"{r['expert_params']:,}", f"{r['math_accuracy']:.3f}", f"{r['math_loss']:.3f}",
-            f"{r['general_loss']:.3f}",
-        )  # fmt: skip
-    console.print(table)
-    table = Table(title="composition and opt-out")
-    for col in ("name", "experts on", "math acc", "math loss", "code loss", "general loss"):
-        table.add_column(col)
-    for r in composition:
-        table.add_row(
-            r["name"], " + ".join(r["experts"]), f"{r['math_accuracy']:.3f}",
-            f"{r['math_loss']:.3f}", f"{r['code_loss']:.3f}", f"{r['general_loss']:.3f}",
-        )  # fmt: skip
-    console.print(table)
-
-
-def _widths(w: Any) -> str:
-    if w and isinstance(w[0], list):
-        return "per layer " + " ".join("+".join(map(str, x)) for x in w)
-    return "+".join(map(str, w))

@@ -14,16 +14,15 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
+from .config import DOMAINS
 from .runner import Job, StageRunner
 
 if TYPE_CHECKING:
-    from ..data.demo_data import DemoData
     from .config import DemoConfig
+    from .data.corpus import DemoData
+    from .display import StageDisplay
 
-__all__ = ["Demo", "Variant", "DOMAINS"]
-
-DOMAINS = ("general", "math", "code")
-"""Domain embeddings, in router-row order: the public expert's domain first."""
+__all__ = ["Demo", "Variant"]
 
 
 @dataclass
@@ -43,27 +42,48 @@ class Demo:
     config: DemoConfig
     pool: Any = None
     """Worker processes for stages that run side by side (:func:`.runner.worker_pool`)."""
+    display: Optional[StageDisplay] = None
+    """The terminal's one line per stage (none: stages print nothing there)."""
     runner: StageRunner = field(init=False)
 
     def __post_init__(self) -> None:
-        self.runner = StageRunner(self.out, self.pool)
+        self.runner = StageRunner(self.out, self.pool, self.display, self.summary)
 
-    def __getstate__(self) -> Dict[str, Any]:  # what a worker process gets: no pool
-        return {**self.__dict__, "pool": None}
+    def __getstate__(self) -> Dict[str, Any]:  # what a worker process gets: no pool, no display
+        return {**self.__dict__, "pool": None, "display": None}
 
     @property
     def data(self) -> DemoData:
-        from ..data.demo_data import DemoData
+        from .data.corpus import DemoData
 
         return DemoData(self.out / "data")
 
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(*parts)
 
+    def summary(self, name: str, outputs: Dict[str, Any]) -> str:
+        """A finished stage's key number, for its line on the terminal."""
+        if "math_loss" in outputs:  # an evaluation
+            parts = [f"math acc {outputs['math_accuracy']:.3f}", f"answer loss {outputs['math_loss']:.3f}"]
+            parts += [f"{d} loss {outputs[f'{d}_loss']:.3f}" for d in ("code", "general") if f"{d}_loss" in outputs]
+            return ", ".join(parts)
+        metrics = self.path("runs", name, "metrics.jsonl")
+        if metrics.is_file():  # a training run: its last logged training loss
+            from ..train.callbacks import read_metrics
+
+            logged = read_metrics(metrics.parent)
+            for key, label in (("train/KL", "KL"), ("train/CE loss", "train loss")):
+                values = [m[key] for _, m in sorted(logged.items()) if key in m]
+                if values:
+                    return f"final {label} {values[-1]:.3f}"
+        if name == "data":
+            return f"{sum(v['tokens'] for v in outputs.values()):,} tokens"
+        return ""
+
     # Stages ---------------------------------------------------------------------------------
 
     def stage_data(self) -> Dict[str, Any]:
-        from ..data.demo_data import DemoData
+        from .data.corpus import DemoData
 
         root = self.path("data")
         if root.exists():  # built atomically, so complete; rebuilt if made with other settings
@@ -128,19 +148,15 @@ class Demo:
     def stage_importance(self, full: str) -> Dict[str, Any]:
         """Minitron importance of the full model's neurons with math and with general calibration,
         and per layer the share of the math expert's top-W neurons the two agree on."""
-        from ..checkpoint import load_model
-        from ..data.tokens import TokenFiles, token_dtype
-        from ..prune import compute_importance, topk_overlap
+        from ..prune import checkpoint_importance, topk_overlap
 
         c = self.config
-        model = load_model(full)
         out: Dict[str, Any] = {}
         scores = {}
         for domain in ("math", "general"):
-            files = TokenFiles(self.data.token_glob(f"{domain}-train"), token_dtype(model.vocab_size))
-            scores[domain] = compute_importance(
-                model, files, seq_len=c.seq_len, num_seqs=c.importance_seqs, source=full,
-                progress=False,
+            scores[domain] = checkpoint_importance(
+                full, [self.data.token_glob(f"{domain}-train")], seq_len=c.seq_len,
+                num_seqs=c.importance_seqs, progress=False,
             )  # fmt: skip
             out[domain] = str(scores[domain].save(self.path("importance", f"{domain}.safetensors")))
         out["overlap"] = {

@@ -1,19 +1,30 @@
-"""The demo's report: ``results.json`` and ``report.md`` (:func:`olmo_flex_ext.report.write_report`)
-with the distillation curves, calibration overlap and width allocation, plus the composition table
-(``composition.json`` and a section of ``report.md``) and the time each stage took."""
+"""The demo's tables and report: the results and composition tables (Markdown for ``report.md``,
+rich for the terminal), ``results.json``, ``composition.json`` and ``report.md`` with the checks of
+:mod:`.results`, the plots of :mod:`.plots` and the time each stage took."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..atomic import write_atomic
+from .plots import plot_curves, plot_overlap, plot_widths
+from .results import ResultRow, Widths, check_claims, validate_results
 
 if TYPE_CHECKING:
     from .pipeline import Demo
 
-__all__ = ["demo_report", "composition_markdown", "write_json"]
+__all__ = [
+    "markdown_table",
+    "composition_markdown",
+    "print_tables",
+    "write_report",
+    "demo_report",
+    "write_json",
+    "widths_text",
+]
 
 
 def write_json(path: Path, obj: Any) -> Path:
@@ -22,9 +33,29 @@ def write_json(path: Path, obj: Any) -> Path:
 
 def curve(run_folder: Path, metric: str) -> Dict[int, float]:
     """``{step: value}`` of one metric from a run folder's ``metrics.jsonl``."""
-    from ..callbacks import read_metrics
+    from ..train.callbacks import read_metrics
 
     return {step: m[metric] for step, m in read_metrics(run_folder).items() if metric in m}
+
+
+def markdown_table(rows: Sequence[ResultRow]) -> str:
+    """The results table in Markdown."""
+    head = "| model | kind | expert widths | total params | expert params | math acc | math loss | general loss |"
+    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r.name} | {r.kind} | {widths_text(r.expert_widths)} | {r.total_params:,} | "
+            f"{r.expert_params:,} | {r.math_accuracy:.3f} | {r.math_loss:.3f} | {r.general_loss:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def widths_text(w: Widths) -> str:
+    """``384 + 192``, or ``384 + per layer 200, 192, 184`` when layers differ."""
+    if w and isinstance(w[0], list):
+        domain = ", ".join("+".join(str(v) for v in x[1:]) for x in w)  # type: ignore[index]
+        return f"{w[0][0]} + per layer {domain}"  # type: ignore[index]
+    return " + ".join(str(x) for x in w)
 
 
 def composition_markdown(rows: Sequence[Dict[str, Any]]) -> str:
@@ -41,6 +72,90 @@ def composition_markdown(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def print_tables(
+    rows: List[Dict[str, Any]], composition: List[Dict[str, Any]], console: Optional[Any] = None
+) -> None:
+    """Both tables on the terminal (``console``: a rich console, default stdout)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+
+    table = Table(title="results")
+    for col in ("name", "kind", "expert widths", "params", "expert params", "math acc",
+                "math loss", "general loss"):  # fmt: skip
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"], r["kind"], widths_text(r["expert_widths"]), f"{r['total_params']:,}",
+            f"{r['expert_params']:,}", f"{r['math_accuracy']:.3f}", f"{r['math_loss']:.3f}",
+            f"{r['general_loss']:.3f}",
+        )  # fmt: skip
+    console.print(table)
+    table = Table(title="composition and opt-out")
+    for col in ("name", "experts on", "math acc", "math loss", "code loss", "general loss"):
+        table.add_column(col)
+    for r in composition:
+        table.add_row(
+            r["name"], " + ".join(r["experts"]), f"{r['math_accuracy']:.3f}",
+            f"{r['math_loss']:.3f}", f"{r['code_loss']:.3f}", f"{r['general_loss']:.3f}",
+        )  # fmt: skip
+    console.print(table)
+
+
+def write_report(
+    out: Union[str, Path],
+    rows: Sequence[ResultRow],
+    *,
+    title: str = "Variable FlexOlmo demo",
+    curves: Optional[Mapping[str, Mapping[str, Mapping[int, float]]]] = None,
+    overlap: Optional[Mapping[int, Sequence[float]]] = None,
+    allocation: Optional[Mapping[str, Sequence[int]]] = None,
+    sections: Sequence[Tuple[str, str]] = (),
+    notes: Sequence[str] = (),
+    margin: float = 0.05,
+    accuracy: bool = True,
+) -> Path:
+    """Write ``out/results.json``, plots under ``out/plots/`` and ``out/report.md``.
+
+    :param curves: plot title -> label -> {step: value}, one PNG each (e.g. distillation loss per
+        width, or the public model's training loss).
+    :param overlap: W -> per-layer overlap of the top-W sets of math vs general calibration.
+    :param allocation: label -> domain-expert width per layer.
+    :param sections: ``(title, markdown)`` added after the checks (e.g. the composition table).
+    """
+    out = Path(out)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    validate_results([asdict(r) for r in rows])
+    md = [f"# {title}", "", markdown_table(rows), ""]
+    claims = check_claims(rows, margin=margin, accuracy=accuracy)
+    if claims:
+        md += ["## Checks", ""]
+        md += [f"- [{'x' if c.holds else ' '}] {c.text}: {c.detail}" for c in claims]
+        md.append("")
+    for heading, body in sections:
+        md += [f"## {heading}", "", body, ""]
+    images: List[Tuple[str, str]] = []
+    for i, (plot_title, by_label) in enumerate((curves or {}).items()):
+        name = f"curves-{i}.png"
+        plot_curves(plots / name, by_label, title=plot_title, ylabel="loss")
+        images.append((plot_title, name))
+    if overlap is not None:
+        plot_overlap(plots / "calibration-overlap.png", overlap)
+        images.append(("Calibration overlap per layer", "calibration-overlap.png"))
+    if allocation:
+        plot_widths(plots / "width-allocation.png", allocation)
+        images.append(("Width allocation", "width-allocation.png"))
+    for caption, name in images:
+        md += [f"## {caption}", "", f"![{caption}](plots/{name})", ""]
+    if notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    write_atomic(out / "report.md", "\n".join(md))
+    write_atomic(out / "results.json", json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    return out / "results.json"
+
+
 def demo_report(
     demo: Demo,
     rows: List[Dict[str, Any]],
@@ -48,8 +163,6 @@ def demo_report(
     importance: Dict[str, Any],
     distilled: Dict[str, Dict[str, Any]],
 ) -> Dict[str, Any]:
-    from ..report import ResultRow, write_report
-
     c, r = demo.config, demo.runner
     kl = {
         f"width {name}": curve(demo.path("runs", f"distill-{name}"), "train/KL")
@@ -87,7 +200,7 @@ def demo_report(
                 f"top-{c.merge_top_k}); `merged + router tuning` trained only its routers for "
                 f"{c.router.steps} steps on a mix of general, math and code data; each opted-out "
                 "row switches one domain expert of the tuned model off at inference "
-                "(`olmo_flex_ext.compose.opt_out`). Rows also in `composition.json`.",
+                "(`olmo_flex_ext.compose.set_opt_out`). Rows also in `composition.json`.",
             )
         ],
         notes=[

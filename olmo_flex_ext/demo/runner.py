@@ -8,6 +8,8 @@ because OLMo-core's trainer resumes a run folder that holds one).
 
 Independent stages can run side by side (:meth:`StageRunner.run_all`) in worker processes, one
 torch thread each; results do not depend on it, since every stage is deterministic on its own.
+Everything a stage prints goes to ``DIR/logs/<name>.log``; the terminal shows one line per stage
+(:class:`~olmo_flex_ext.demo.display.StageDisplay`).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from rich.console import Console
-
 from ..atomic import write_atomic
+from .display import StageDisplay, stage_log
 
-__all__ = ["StageRunner", "Job", "digest", "cpu_seconds", "worker_pool"]
+__all__ = ["StageRunner", "StageFailed", "Job", "digest", "cpu_seconds", "worker_pool"]
 
-console = Console()
+
+class StageFailed(RuntimeError):
+    """A stage raised; the display has shown the end of its log."""
 
 
 def digest(obj: Any) -> str:
@@ -73,9 +76,10 @@ def _init_worker(parent: int, threads: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _timed(fn: Callable[[], Dict[str, Any]]) -> Tuple[Dict[str, Any], float, float]:
+def _timed(fn: Callable[[], Dict[str, Any]], log: Path) -> Tuple[Dict[str, Any], float, float]:
     start, cpu = time.perf_counter(), cpu_seconds(children=False)
-    outputs = fn()
+    with stage_log(log):
+        outputs = fn()
     return outputs, time.perf_counter() - start, cpu_seconds(children=False) - cpu
 
 
@@ -95,16 +99,38 @@ class StageRunner:
     """Runs named stages once: a stage whose record exists with the same ``made_from`` is
     skipped and its recorded outputs returned."""
 
-    def __init__(self, out: Path, pool: Optional[Executor] = None):
+    def __init__(
+        self,
+        out: Path,
+        pool: Optional[Executor] = None,
+        display: Optional[StageDisplay] = None,
+        summary: Optional[Callable[[str, Dict[str, Any]], str]] = None,
+    ):
         self.out = out
         self.dir = out / "stages"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.logs = out / "logs"
         self.pool = pool
+        self.display = display
+        self.summary = summary
         self.timings: Dict[str, float] = {}
         self.cpu_timings: Dict[str, float] = {}
 
-    def __getstate__(self) -> Dict[str, Any]:  # workers get the runner without the pool
-        return {**self.__dict__, "pool": None}
+    def __getstate__(self) -> Dict[str, Any]:  # workers get the runner without pool and display
+        return {**self.__dict__, "pool": None, "display": None}
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def _show_done(self, name: str, seconds: float, outputs: Dict[str, Any], skipped: bool) -> None:
+        if self.display is not None:
+            text = self.summary(name, outputs) if self.summary else ""
+            self.display.done(name, seconds, text, skipped=skipped)
+
+    def _failed(self, name: str, seconds: float, error: BaseException) -> StageFailed:
+        if self.display is not None:
+            self.display.failed(name, seconds, error, self.log(name))
+        return StageFailed(f"stage {name} failed ({type(error).__name__}: {error}); log: {self.log(name)}")
 
     def record(self, name: str) -> Optional[Dict[str, Any]]:
         path = self.dir / f"{name}.json"
@@ -114,7 +140,7 @@ class StageRunner:
         """The recorded outputs if ``job`` is done; else cleans a stale attempt, returns None."""
         old = self.record(job.name)
         if old is not None and old["made_from"] == job.made_from:
-            console.print(f"[dim]stage {job.name}: done ({old['seconds']:.1f} s), skipped[/dim]")
+            self._show_done(job.name, old["seconds"], old["outputs"], skipped=True)
             self.timings[job.name] = old["seconds"]
             self.cpu_timings[job.name] = old.get("cpu_seconds", 0.0)
             return old["outputs"]
@@ -136,9 +162,14 @@ class StageRunner:
         done = self._skip(job)
         if done is not None:
             return done
-        console.rule(f"stage {name}")
+        if self.display is not None:
+            self.display.started(name)
         start, cpu = time.perf_counter(), cpu_seconds()
-        outputs = fn()
+        try:
+            with stage_log(self.log(name)):
+                outputs = fn()
+        except Exception as e:
+            raise self._failed(name, time.perf_counter() - start, e) from e
         self.save(name, made_from, outputs, time.perf_counter() - start, cpu_seconds() - cpu)
         return outputs
 
@@ -157,15 +188,18 @@ class StageRunner:
             for job in todo:
                 results[job.name] = self.run(job.name, job.made_from, job.fn)
             return [results[j.name] for j in jobs]
-        console.rule("stages " + ", ".join(j.name for j in todo) + " (side by side)")
-        futures = {self.pool.submit(_timed, job.fn): job for job in todo}
+        futures = {self.pool.submit(_timed, job.fn, self.log(job.name)): job for job in todo}
+        started = time.perf_counter()
+        if self.display is not None:
+            for job in todo:
+                self.display.started(job.name)
         error: Optional[BaseException] = None
         for future in as_completed(futures):
             job = futures[future]
             try:
                 outputs, seconds, cpu = future.result()
-            except BaseException as e:  # noqa: BLE001 - reported after the others finish
-                error = error or e
+            except Exception as e:  # reported after the others finish
+                error = error or self._failed(job.name, time.perf_counter() - started, e)
                 continue
             self.save(job.name, job.made_from, outputs, seconds, cpu)
             results[job.name] = outputs
@@ -187,7 +221,7 @@ class StageRunner:
         write_atomic(self.dir / f"{name}.json", json.dumps(record, indent=2, default=str))
         self.timings[name] = seconds
         self.cpu_timings[name] = cpu
-        console.print(f"stage {name}: {seconds:.1f} s ({cpu:.1f} s CPU)")
+        self._show_done(name, seconds, outputs, skipped=False)
 
     def upstream(self, *names: str) -> Dict[str, str]:
         """Digests of finished stages (what they were made from and produced, not their

@@ -2,10 +2,11 @@
 
 - :func:`public_experiment`: a dense OLMo-2 model on general text (:func:`flex_experiment`);
 - :func:`expert_experiment`: a domain expert upcycled from it, only the expert's MLP rows
-  training (:func:`train_only_experts`, FlexOlmo's recipe);
+  training (:func:`~olmo_flex_ext.recipes.with_expert_training`, FlexOlmo's recipe);
 - :func:`distill_experiment`: what ``train_configs/flex_math_5504.py`` does at 7B: the student has
   the pruned widths, :class:`PruneCallback` prunes the teacher into it before step 1, and the loss is
-  KL distillation from the teacher's top-k store (:func:`with_distillation`), expert rows only.
+  KL distillation from the teacher's top-k store (:func:`~olmo_flex_ext.recipes.with_distillation`),
+  expert rows only.
 
 :func:`run_experiment` trains one in this process as ``python -m olmo_flex_ext.launch`` does for
 one rank.
@@ -19,9 +20,9 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Union
 if TYPE_CHECKING:
     from olmo_core.train.callbacks import Callback
 
-    from ..data.demo_data import DemoData
-    from ..experiment import ExperimentConfig
+    from ..train.experiment import ExperimentConfig
     from .config import DemoConfig, RunSettings
+    from .data.corpus import DemoData
 
 __all__ = [
     "WANDB_PROJECT",
@@ -110,13 +111,13 @@ def expert_experiment(
     """A domain expert: the upcycled 2-expert model trained on ``split`` with everything but
     expert 1's MLP rows frozen. The router rows (from domain embeddings) stay fixed, so the
     expert cannot make the router prefer it on every input."""
-    from ..experiment import resolve_model
-    from ..train.trainable import train_only_experts
+    from ..recipes import with_expert_training
+    from ..train.experiment import resolve_model
 
     experiment = _experiment(
         config, data, save_folder, split=split, run=run, name=name, load_path=upcycled
     )
-    return resolve_model(train_only_experts(experiment, [1], train_router=False), name)
+    return resolve_model(with_expert_training(experiment, [1], train_router=False), name)
 
 
 def distill_experiment(
@@ -136,11 +137,10 @@ def distill_experiment(
     With ``budget_width`` the pruning callback checks that ``widths`` are the importance
     allocation at that width's neuron budget."""
     from ..checkpoint import read_model_config
-    from ..distill.recipe import with_distillation
-    from ..experiment import resolve_model
     from ..models import with_expert_widths
     from ..prune.callback import PruneCallback
-    from ..train.trainable import train_only_experts
+    from ..recipes import with_distillation, with_expert_training
+    from ..train.experiment import resolve_model
 
     prune = PruneCallback(
         teacher=teacher,
@@ -155,22 +155,22 @@ def distill_experiment(
         model=student, callbacks={"prune": prune},
     )  # fmt: skip
     experiment = with_distillation(experiment, store=store)
-    return resolve_model(train_only_experts(experiment, [1], train_router=False), name)
+    return resolve_model(with_expert_training(experiment, [1], train_router=False), name)
 
 
 def router_tuning_experiment(
     config: DemoConfig, data: DemoData, save_folder: Path, *, merged: str, domains: List[str]
 ) -> ExperimentConfig:
     """Router-only training of a merged model on a mix of the ``domains``' training data
-    (:func:`olmo_flex_ext.compose.router_only_experiment`, FlexOlmo's router tuning)."""
-    from ..compose import router_only_experiment
-    from ..experiment import resolve_model
+    (:func:`olmo_flex_ext.recipes.with_router_training`, FlexOlmo's router tuning)."""
+    from ..recipes import with_router_training
+    from ..train.experiment import resolve_model
 
     experiment = _experiment(
         config, data, save_folder, split=[f"{d}-train" for d in domains], run=config.router,
         name="router-tuning", load_path=merged,
     )  # fmt: skip
-    return resolve_model(router_only_experiment(experiment), "router tuning")
+    return resolve_model(with_router_training(experiment), "router tuning")
 
 
 _ENVIRONMENT_READY = False
@@ -183,7 +183,7 @@ def run_experiment(experiment: ExperimentConfig) -> None:
     global _ENVIRONMENT_READY
     from olmo_core.train import prepare_training_environment
 
-    from ..experiment import check_parallelism, train
+    from ..train.experiment import check_parallelism, train
 
     if not _ENVIRONMENT_READY:
         prepare_training_environment(backend=None)

@@ -19,7 +19,6 @@ _EXPORTS = {
     "KDDataLoaderConfig": "data",
     "KDTrainModuleConfig": "train_module",
     "KDTrainModule": "train_module",
-    "with_distillation": "recipe",
 }
 
 __all__ = sorted(_EXPORTS)

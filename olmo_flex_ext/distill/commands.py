@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import List
 
 from ..cli_args import (
     add_checkpoint,
@@ -13,40 +12,9 @@ from ..cli_args import (
     add_weight_dtype,
     require_positive,
 )
+from ..data.tokenizers import TOKENIZER_NAMES
 
-__all__ = ["register", "named_tokenizer", "TOKENIZER_NAMES"]
-
-TOKENIZER_NAMES: List[str] = ["dolma2", "dolma2_sigdig", "gpt_neox_olmo_dolma_v1_5", "gpt2", "tiny"]
-
-
-def named_tokenizer(name: str):
-    """An OLMo-core ``TokenizerConfig`` by name (``tiny`` = the synthetic tiny data's)."""
-    from olmo_core.data import TokenizerConfig
-
-    from ..errors import UserError
-
-    if name == "tiny":
-        from ..recipes import TINY_TOKENIZER
-
-        return TINY_TOKENIZER
-    if name not in TOKENIZER_NAMES:
-        raise UserError(f"unknown tokenizer {name!r}; use one of {', '.join(TOKENIZER_NAMES)}")
-    return getattr(TokenizerConfig, name)()
-
-
-def tokenizer_for_vocab(vocab_size: int):
-    """The one known tokenizer whose padded vocabulary is ``vocab_size``."""
-    from ..errors import UserError
-
-    matches = [n for n in TOKENIZER_NAMES if named_tokenizer(n).padded_vocab_size() == vocab_size]
-    if len(matches) != 1:
-        raise UserError(
-            f"cannot tell the tokenizer of a {vocab_size}-token vocabulary "
-            f"({'candidates: ' + ', '.join(matches) if matches else 'no known tokenizer'}); "
-            f"pass --tokenizer (one of {', '.join(TOKENIZER_NAMES)})"
-        )
-    return named_tokenizer(matches[0])
-
+__all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -80,7 +48,8 @@ def _logprobs(args) -> int:
 
     from ..checkpoint import read_model_config
     from ..cli_args import command_device, torch_dtype
-    from ..experiment import process_group
+    from ..data.tokenizers import named_tokenizer, tokenizer_for_vocab
+    from ..train.experiment import process_group
     from .generate import generate_store
 
     require_positive(args, "seq_len", "top_k", "batch_size", "chunk_windows")

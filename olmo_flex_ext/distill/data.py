@@ -91,6 +91,10 @@ class TopKFSLDatasetConfig(NumpyFSLDatasetConfig):
     """Expected k (checked against the store); ``None`` takes the store's."""
 
     def build(self) -> TopKFSLDataset:  # type: ignore[override]
+        """Mirrors OLMo-core 3.0 ``NumpyFSLDatasetConfig.build`` (its plain-paths branch, with
+        the same arguments); changed: the dataset is a :class:`TopKFSLDataset` whose store is
+        checked against the tokenizer, and a source mixture is refused (a store is aligned with
+        token files)."""
         self.validate()
         if self.source_mixture_config is not None:
             raise UserError(

@@ -38,7 +38,7 @@ from ..checkpoint import (
     resolve_checkpoint,
     weights_dir,
 )
-from ..data.tokens import TokenFiles, Window, _sampled_sha256, token_dtype
+from ..data.tokens import TokenFiles, Window, sampled_sha256, token_dtype
 from ..progress import progress_bar
 from .codec import TopKCodec
 from .loss import default_chunk_tokens
@@ -73,7 +73,7 @@ def teacher_identity(path: Union[str, Path]) -> Dict[str, Any]:
     wdir = weights_dir(ckpt)
     h = hashlib.sha256()
     for f in sorted(p for p in wdir.rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(wdir)}:{_sampled_sha256(str(f))}".encode())
+        h.update(f"{f.relative_to(wdir)}:{sampled_sha256(str(f))}".encode())
     config = json.loads((ckpt / CONFIG_FILE).read_text()).get("model", {})
     return {
         "path": str(ckpt.resolve()),

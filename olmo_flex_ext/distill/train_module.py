@@ -130,6 +130,16 @@ class KDTrainModule(TransformerTrainModule):
         )
 
     def train_batch(self, batch: Dict[str, Any], dry_run: bool = False):
+        """One batch: forward, KD loss and backward per micro-batch.
+
+        Mirrors OLMo-core 3.0 ``TransformerTrainModule.train_batch`` (which has no hook for
+        another loss): the same labels, token count (instance-mask tokens included), micro-batch
+        split, micro-batch context and auxiliary metrics. Changed: the model returns logits and
+        :func:`topk_kd_loss` computes the loss from them and the teacher's top-k (from the batch
+        or the online teacher); metrics are the KD ones; the ``masked labels`` / ``masked
+        instances`` metrics are not recorded; the z-loss is refused in ``__init__``; a skip-step
+        optimizer gets no batch loss (use a plain optimizer such as AdamW).
+        """
         self._set_model_mode("train")
         if "labels" not in batch:
             batch["labels"] = get_labels(batch, label_ignore_index=self.label_ignore_index)
@@ -200,6 +210,9 @@ class KDTrainModuleConfig(TransformerTrainModuleConfig):
     def build(  # type: ignore[override]
         self, model: Transformer, device: Optional[torch.device] = None, eval_only: bool = False
     ) -> KDTrainModule:
+        """Mirrors OLMo-core 3.0 ``TransformerTrainModuleConfig.build`` (the same conversion of
+        the config's fields into keyword arguments); changed: the KD fields go to
+        :class:`KDTrainModule` and pipeline parallelism is refused."""
         if self.pp_config is not None:
             raise UserError("pipeline parallelism is not supported with distillation")
         kwargs = self.as_dict(exclude_none=True, recurse=False)

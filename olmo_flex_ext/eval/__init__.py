@@ -1,5 +1,5 @@
-"""Evaluation: math exact-match accuracy and answer loss on held-out problems, held-out text loss,
-an in-loop evaluator callback, and the lm-eval harness Math2 protocol for 7B checkpoints.
+"""Evaluation: held-out text loss (:mod:`.lm`), an in-loop evaluator callback (:mod:`.callback`),
+and the lm-eval harness Math2 protocol for 7B checkpoints (:mod:`.harness`).
 
 Names are imported lazily so that ``olmo-flex --help`` does not load torch.
 """
@@ -7,9 +7,6 @@ Names are imported lazily so that ``olmo-flex --help`` does not load torch.
 from ..lazy import lazy_exports
 
 _EXPORTS = {
-    "MathScores": "arithmetic",
-    "evaluate_math": "arithmetic",
-    "greedy_decode": "arithmetic",
     "next_token_losses": "lm",
     "token_file_loss": "lm",
     "FlexEvalCallback": "callback",

@@ -1,8 +1,8 @@
 """Language-model losses of an OLMo-core ``Transformer`` computed from its logits.
 
 One function computes next-token losses (:func:`next_token_losses`); the held-out text loss
-(:func:`token_file_loss`) and the math answer loss (:mod:`olmo_flex_ext.eval.arithmetic`) both use
-it. A "model" here is anything called as ``model(input_ids) -> logits (batch, seq, vocab)``.
+(:func:`token_file_loss`) and the demo's math answer loss (:mod:`olmo_flex_ext.demo.math_eval`)
+both use it. A "model" here is anything called as ``model(input_ids) -> logits (batch, seq, vocab)``.
 """
 
 from __future__ import annotations

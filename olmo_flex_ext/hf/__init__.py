@@ -26,7 +26,6 @@ _EXPORTS = {
     "write_safetensors": "files",
     "write_sharded": "files",
     "experts_from_hf": "state",
-    "experts_to_hf": "state",
     "moe_config_from_dense": "upcycling",
     "router_rows": "upcycling",
     "upcycle": "upcycling",

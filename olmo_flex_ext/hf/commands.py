@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_args import add_checkpoint, add_overwrite, add_weight_dtype, int_list
+from ..cli_args import add_checkpoint, add_overwrite, add_weight_dtype, int_list, report_written
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,13 +76,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_info)
 
 
-def _done(what: str, out: str) -> int:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"{what} -> {out}")
-    return 0
-
-
 def _import(args) -> int:
     from . import import_hf
 
@@ -90,7 +83,7 @@ def _import(args) -> int:
         args.hf_dir, args.out, overwrite=args.overwrite, dtype=args.dtype,
         keep_padding=args.keep_padding,
     )
-    return _done("imported", args.out)
+    return report_written("imported", args.out)
 
 
 def _export(args) -> int:
@@ -100,7 +93,7 @@ def _export(args) -> int:
         args.src, args.out, tokenizer=args.tokenizer, overwrite=args.overwrite,
         max_shard_bytes=parse_size(args.max_shard_size), dtype=args.dtype,
     )
-    return _done("exported", args.out)
+    return report_written("exported", args.out)
 
 
 def _upcycle(args) -> int:
@@ -110,7 +103,7 @@ def _upcycle(args) -> int:
         args.dense, args.out, num_experts=args.experts, expert_widths=args.widths,
         router_from=args.router_from, seed=args.seed, overwrite=args.overwrite, top_k=args.top_k,
     )
-    return _done("upcycled", args.out)
+    return report_written("upcycled", args.out)
 
 
 def _info(args) -> int:

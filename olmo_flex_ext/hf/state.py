@@ -20,11 +20,11 @@ from olmo_core.nn.transformer import TransformerConfig
 
 from ..checkpoint import CheckpointError, LazyTensor
 from ..models import expert_widths_per_layer
+from ..nn.moe import EXPERT_WEIGHT_RE
 from .files import HFDir
 
 __all__ = [
     "experts_from_hf",
-    "experts_to_hf",
     "expert_to_hf",
     "hf_state",
     "to_hf_items",
@@ -33,7 +33,7 @@ __all__ = [
     "cast",
 ]
 
-EXPERT_RE = re.compile(r"^blocks\.(\d+)\.feed_forward_moe\.experts\.mlp\.(w[123])$")
+EXPERT_RE = EXPERT_WEIGHT_RE
 _HF_EXPERT_RE = re.compile(r"\.mlp\.experts\.(\d+)\.")
 _LAYER_RE = re.compile(r"(?:blocks|layers)\.(\d+)\.")
 _IGNORED_HF = re.compile(r"rotary_emb\.inv_freq$")
@@ -66,11 +66,6 @@ def expert_to_hf(
     if part.shape[0] < pad_to:
         part = torch.cat([part, part.new_zeros(pad_to - part.shape[0], part.shape[1])])
     return (part.t() if w == "w2" else part).contiguous()
-
-
-def experts_to_hf(w: str, tensor: torch.Tensor, widths: Sequence[int], pad_to: int) -> List[torch.Tensor]:
-    """Per-expert HF weights from our ragged ``w1/w2/w3``, each zero-padded to ``pad_to`` neurons."""
-    return [expert_to_hf(w, tensor, widths, pad_to, e) for e in range(len(widths))]
 
 
 def cast(t: LazyTensor, dtype: Optional[torch.dtype]) -> LazyTensor:

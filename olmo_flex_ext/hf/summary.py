@@ -8,9 +8,14 @@ from typing import List, Union
 
 from olmo_core.nn.transformer import TransformerConfig
 
-from ..checkpoint import read_config, read_model_config, resolve_checkpoint, tensor_meta
-from ..launch import describe_model
-from ..models import expert_widths_per_layer
+from ..checkpoint import (
+    read_config,
+    read_model_config,
+    resolve_checkpoint,
+    stock_conversion,
+    tensor_meta,
+)
+from ..models import describe_model, expert_widths_per_layer
 from .config import model_config_from_hf
 from .convert import load_hf_config, recorded_widths
 from .files import HFDir, is_hf_dir
@@ -73,9 +78,11 @@ def summarize(path: Union[str, Path]) -> str:
     head = [f"{ckpt}: {kind}"]
     if made.get("made_by"):
         head[0] += f" (made by {made['made_by']} from {made.get('source', '?')})"
+    conversion = stock_conversion(ckpt)
+    stock = conversion.describe() if conversion is not None else []
     meta = tensor_meta(ckpt)
     dtypes = Counter(str(d).removeprefix("torch.") for _, d in meta.values())
     stored = f"stored: {len(meta)} tensors, " + ", ".join(
         f"{n} {d}" for d, n in dtypes.most_common()
     )
-    return "\n".join(head + architecture(config) + [stored])
+    return "\n".join(head + stock + architecture(config) + [stored])

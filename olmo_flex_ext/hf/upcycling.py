@@ -25,7 +25,7 @@ from ..checkpoint import (
     read_model_config,
     save_model,
 )
-from ..models import Widths, _per_layer, with_expert_widths
+from ..models import Widths, per_layer_widths, with_expert_widths
 from ..nn.moe import variable_moe_config
 from ..progress import progress_bar
 from .config import block_configs, hf_token_ids
@@ -79,7 +79,7 @@ def moe_config_from_dense(
             f"upcycle needs a dense OLMo-2-style model (reordered_norm blocks with an MLP); "
             f"this one has {problems[0]} blocks"
         )
-    per_layer = _per_layer(expert_widths, dense.n_layers)
+    per_layer = per_layer_widths(expert_widths, dense.n_layers)
     num_experts = len(per_layer[0])
     ff = blocks[0].feed_forward
     assert ff is not None
@@ -228,7 +228,7 @@ def _upcycle_widths(
         raise CheckpointError("the dense model has no MLP layers to copy into experts")
     if expert_widths is None:
         return [[h] * num_experts for h in hidden]
-    per_layer = _per_layer(expert_widths, len(hidden))
+    per_layer = per_layer_widths(expert_widths, len(hidden))
     for i, (layer, h) in enumerate(zip(per_layer, hidden)):
         if len(layer) != num_experts:
             raise CheckpointError(

@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from ..errors import UserError
-from .scores import ImportanceScores
+from .scores import ImportanceScores, top_neurons
 
 __all__ = [
     "PUBLIC_EXPERT",
@@ -44,12 +44,6 @@ __all__ = [
 
 PUBLIC_EXPERT = 0
 """FlexOlmo's public expert: never pruned unless asked."""
-
-
-def top_neurons(scores: torch.Tensor, width: int) -> torch.Tensor:
-    """Indices of the ``width`` highest scores, ascending (ties go to the lower index)."""
-    order = torch.argsort(scores.double(), descending=True, stable=True)
-    return torch.sort(order[:width]).values
 
 
 def keep_indices(scores: ImportanceScores, widths: Sequence[Sequence[int]]) -> List[List[torch.Tensor]]:

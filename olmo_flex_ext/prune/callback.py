@@ -39,7 +39,7 @@ from .allocate import (
 )
 from .scores import ImportanceScores, topk_overlap
 
-__all__ = ["PruneCallback", "flex_math_prune_callback"]
+__all__ = ["PruneCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +221,7 @@ class PruneCallback(Callback):
         return scores
 
     def _compute(self, teacher: Path, data: Optional[List[str]], num_seqs: int, out: Path) -> None:
-        from ..checkpoint import load_model, read_model_config
-        from ..data.tokens import TokenFiles, token_dtype
-        from .importance import compute_importance
+        from .importance import checkpoint_importance
 
         if not data:
             raise UserError(
@@ -232,22 +230,20 @@ class PruneCallback(Callback):
             )
         device = self.trainer.device
         dtype = self.teacher_dtype or ("bfloat16" if device.type == "cuda" else "float32")
-        vocab = read_model_config(teacher).vocab_size
-        tokens = TokenFiles(data, token_dtype(vocab, self.token_dtype))
         log.info("Pruning callback: scoring the teacher %s on %s", teacher, data)
         self.dir.mkdir(parents=True, exist_ok=True)
-        model = load_model(teacher, device=device, dtype=getattr(torch, dtype))
-        scores = compute_importance(
-            model,
-            tokens,
+        scores = checkpoint_importance(
+            teacher,
+            data,
             seq_len=self.seq_len,
             num_seqs=num_seqs,
             method=self.method,
             batch_size=self.batch_size,
+            token_dtype=self.token_dtype,
+            device=device,
+            dtype=getattr(torch, dtype),
             state_path=self.dir / f".{out.name}.partial.pt",
-            source=str(teacher),
         )
-        del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if get_rank() == 0:
@@ -305,19 +301,3 @@ class PruneCallback(Callback):
             for r in rows:
                 log.info("pruned %s", r)
 
-
-def flex_math_prune_callback(root: Optional[str] = None, **settings: Any) -> PruneCallback:
-    """The pruning callback of the 7B math configs: the teacher is Flex-math-2x7B-1T imported to
-    ``<root>/checkpoints/Flex-math-2x7B-1T`` (``olmo-flex import-hf``), calibrated on the math
-    token files (the seed's better choice), 1024 sequences of 4096 tokens. ``root`` defaults to
-    ``$OLMO_FLEX_DATA_ROOT`` (else ``/data/olmo-flex``), like the configs' training data."""
-    from ..recipes import data_root
-
-    root = root or data_root("/data/olmo-flex")
-    defaults: Dict[str, Any] = dict(
-        teacher=f"{root}/checkpoints/Flex-math-2x7B-1T",
-        calibration=[f"{root}/dolmino-math/*.npy"],
-        seq_len=4096,
-        num_seqs=1024,
-    )
-    return PruneCallback(**{**defaults, **settings})

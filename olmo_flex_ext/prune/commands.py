@@ -93,41 +93,27 @@ def _budget_args(p: argparse.ArgumentParser, required: bool) -> None:
 def _importance(args) -> int:
     from olmo_core.distributed.utils import get_rank
 
-    from ..checkpoint import check_output, load_model, read_model_config, resolve_checkpoint
+    from ..checkpoint import check_output
     from ..cli_args import command_device, torch_dtype
-    from ..data.tokens import TokenFiles, token_dtype
-    from ..errors import UserError
-    from ..experiment import process_group
-    from .importance import METHODS, compute_importance
+    from ..train.experiment import process_group
+    from .importance import checkpoint_importance
 
     check_output(args.out, args.overwrite)
-    if args.method not in METHODS:
-        raise UserError(f"unknown method {args.method!r}; use one of {', '.join(METHODS)}")
     require_positive(args, "seq_len", "num_seqs", "batch_size", "save_every")
-    ckpt = resolve_checkpoint(args.checkpoint)
-    vocab = read_model_config(ckpt).vocab_size
-    data = TokenFiles(args.data, token_dtype(vocab, args.dtype))
-    if data.num_tokens and data.max_token() >= vocab:
-        raise UserError(
-            f"the token files hold ids up to {data.max_token()} but the model's vocabulary has "
-            f"{vocab}; is --dtype right, or are these files from another tokenizer?"
-        )
-    data.sample_windows(args.seq_len, args.num_seqs)  # refuses too little data before any work
-
-    device = command_device(args.device)
+    out = Path(args.out)
     with process_group():
-        model = load_model(ckpt, device=device, dtype=torch_dtype(args.model_dtype))
-        out = Path(args.out)
-        scores = compute_importance(
-            model,
-            data,
+        scores = checkpoint_importance(
+            args.checkpoint,
+            args.data,
             seq_len=args.seq_len,
             num_seqs=args.num_seqs,
             method=args.method,
             batch_size=args.batch_size,
+            token_dtype=args.dtype,
+            device=command_device(args.device),
+            dtype=torch_dtype(args.model_dtype),
             state_path=out.with_name(f".{out.name}.partial.pt"),
             save_every=args.save_every,
-            source=str(ckpt),
         )
         if get_rank() == 0:
             scores.save(out)

@@ -43,6 +43,7 @@ __all__ = [
     "METHODS",
     "ImportanceAccumulator",
     "compute_importance",
+    "checkpoint_importance",
     "expert_mlps",
 ]
 
@@ -262,6 +263,56 @@ def compute_importance(
         "source": source,
     }
     return ImportanceScores(total.scores(), metadata)
+
+
+def checkpoint_importance(
+    checkpoint: Union[str, Path],
+    data: Sequence[str],
+    *,
+    seq_len: int,
+    num_seqs: int,
+    method: str = "minitron",
+    batch_size: int = 1,
+    token_dtype: Optional[str] = None,
+    device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
+    state_path: Optional[Union[str, Path]] = None,
+    save_every: int = 64,
+    progress: bool = True,
+) -> ImportanceScores:
+    """:func:`compute_importance` of a checkpoint's experts on calibration token files (globs):
+    what ``olmo-flex importance``, the pruning callback and the demo run.
+
+    The token files are checked against the model's vocabulary (``token_dtype``: ``uint16`` /
+    ``uint32``, default from the vocabulary size) and for enough data before the model is loaded
+    (on ``device`` in ``dtype``, default CPU float32)."""
+    from ..checkpoint import load_model, read_model_config, resolve_checkpoint
+    from ..data.tokens import token_dtype as dtype_for_vocab
+
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    ckpt = resolve_checkpoint(checkpoint)
+    vocab = read_model_config(ckpt).vocab_size
+    files = TokenFiles(data, dtype_for_vocab(vocab, token_dtype))
+    if files.num_tokens and files.max_token() >= vocab:
+        raise UserError(
+            f"the token files hold ids up to {files.max_token()} but the model's vocabulary has "
+            f"{vocab}; is the token dtype right, or are these files from another tokenizer?"
+        )
+    files.sample_windows(seq_len, num_seqs)  # refuses too little data before any work
+    model = load_model(ckpt, device=device, dtype=dtype)
+    return compute_importance(
+        model,
+        files,
+        seq_len=seq_len,
+        num_seqs=num_seqs,
+        method=method,
+        batch_size=batch_size,
+        state_path=state_path,
+        save_every=save_every,
+        source=str(ckpt),
+        progress=progress,
+    )
 
 
 def _batch(data: TokenFiles, windows: Sequence[Window], device: torch.device) -> torch.Tensor:

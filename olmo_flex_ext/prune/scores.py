@@ -31,6 +31,7 @@ __all__ = [
     "model_fingerprint",
     "checkpoint_fingerprint",
     "module_fingerprint",
+    "top_neurons",
     "topk_overlap",
 ]
 
@@ -178,10 +179,14 @@ class ImportanceScores:
         return out
 
 
+def top_neurons(scores: torch.Tensor, width: int) -> torch.Tensor:
+    """Indices of the ``width`` highest scores, ascending (ties go to the lower index)."""
+    order = torch.argsort(scores.double(), descending=True, stable=True)
+    return torch.sort(order[:width]).values
+
+
 def topk_overlap(a: torch.Tensor, b: torch.Tensor, width: int) -> float:
     """Fraction of the top-``width`` neurons of ``a`` that are also top-``width`` in ``b``."""
-    from .allocate import top_neurons
-
     width = min(width, a.numel())
     ia = set(top_neurons(a, width).tolist())
     ib = set(top_neurons(b, width).tolist())

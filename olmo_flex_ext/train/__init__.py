@@ -1,21 +1,30 @@
-"""Training helpers shared by train configs: which parameters train."""
+"""Training through OLMo-core: the experiment config and its launcher path (:mod:`.experiment`),
+the callbacks every run uses (:mod:`.callbacks`), and which parameters train (:mod:`.trainable`).
 
-from .trainable import (
-    NON_MOE_PARAMS,
-    ROUTER_PARAMS,
-    TrainableExpertsCallback,
-    expert_freeze_patterns,
-    set_trainable_experts,
-    tolerate_wrappers,
-    train_only_experts,
-)
+Names are imported lazily so that ``olmo-flex --help`` does not load torch.
+"""
 
-__all__ = [
-    "NON_MOE_PARAMS",
-    "ROUTER_PARAMS",
-    "TrainableExpertsCallback",
-    "expert_freeze_patterns",
-    "set_trainable_experts",
-    "tolerate_wrappers",
-    "train_only_experts",
-]
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "ExperimentConfig": "experiment",
+    "load_experiment": "experiment",
+    "train": "experiment",
+    "build_model": "experiment",
+    "FlexCheckpointerCallback": "callbacks",
+    "FlexWandBCallback": "callbacks",
+    "MetricsLogCallback": "callbacks",
+    "read_metrics": "callbacks",
+    "NON_MOE_PARAMS": "trainable",
+    "ROUTER_PARAMS": "trainable",
+    "ROUTER_ONLY_FREEZE": "trainable",
+    "RouterOnlyCheck": "trainable",
+    "TrainableExpertsCallback": "trainable",
+    "expert_freeze_patterns": "trainable",
+    "set_trainable_experts": "trainable",
+    "tolerate_wrappers": "trainable",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -310,9 +310,9 @@ def simulate(
     rank (``peak``, ``categories`` at the peak, ``phase`` of the peak, ``phases``,
     ``flops_per_step``, ``tokens_per_rank_step``, and ``pruning`` for a pruning callback)."""
     from ..distill.train_module import KDTrainModuleConfig
-    from ..experiment import build_model, check_parallelism
     from ..nn.moe import VariableMoEMLP
     from ..prune.callback import PruneCallback
+    from .experiment import build_model, check_parallelism
 
     check_parallelism(config, ranks=world_size)
     if world_size > 1:

@@ -228,8 +228,8 @@ def plan_run(
     """Plan the run of ``config_path`` (with dotted ``overrides``) on ``world_size`` GPUs of the
     kind ``gpu`` (``GPUS``; ``gpu_memory`` bytes overrides its memory). ``model`` names the model
     of a config that takes it from a checkpoint not on this machine (``olmo-flex models``)."""
-    from ..experiment import check_parallelism, load_experiment
     from ..models import get_model_config
+    from .experiment import check_parallelism, load_experiment
 
     if world_size < 1:
         raise UserError(f"--world-size {world_size}: give the number of GPUs (1 or more)")
@@ -364,8 +364,8 @@ def _worker(job: Dict[str, Any]) -> int:
     from olmo_core.nn.transformer import TransformerConfig
 
     from ..errors import user_errors
-    from ..experiment import load_experiment
     from ..models import get_model_config
+    from .experiment import load_experiment
     from .fake_step import simulate
 
     with user_errors():

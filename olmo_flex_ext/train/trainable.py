@@ -1,4 +1,5 @@
-"""Train only chosen experts of the variable-width MoE layers (FlexOlmo's recipe for new experts).
+"""Which parameters train: only chosen experts of the variable-width MoE layers (FlexOlmo's recipe
+for new experts), or only the routers (FlexOlmo's router tuning).
 
 Everything outside the MoE experts (embeddings, attention, norms, LM head) is frozen as whole
 tensors with OLMo-core's ``TransformerConfig.freeze_params`` (set through the experiment's
@@ -16,18 +17,24 @@ The router weight is one small tensor holding every expert's row, so it stays tr
 (``pre_optim_step``, before clipping). Under FSDP2 a gradient is a DTensor sharded on dim 0; the
 row mask is sharded the same way, so each rank masks its own rows. With zero gradients and no
 weight decay (AdamW's decoupled decay would shrink frozen rows) those rows stay bitwise unchanged;
-:func:`train_only_experts` sets all of this up, and the callback refuses a run where it is not.
+:func:`olmo_flex_ext.recipes.with_expert_training` sets all of this up, and the callback refuses
+a run where it is not.
+
+Router-only training freezes every parameter family but the routers (:data:`ROUTER_ONLY_FREEZE`);
+the train configs take the model from the checkpoint they start from, so the patterns cannot come
+from the model itself, and :class:`RouterOnlyCheck` stops the run before the first step if anything
+but the routers would train (another architecture).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from typing import Dict, Iterator, List, Tuple
 
 import torch
 import torch.nn as nn
 from olmo_core.distributed.utils import get_local_tensor
-from olmo_core.optim import OptimGroupOverride
 from olmo_core.train.callbacks import Callback
 from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -36,12 +43,15 @@ from ..nn.moe import VariableMoE, VariableMoEMLP
 
 __all__ = [
     "TrainableExpertsCallback",
-    "train_only_experts",
+    "RouterOnlyCheck",
     "set_trainable_experts",
+    "expert_mlps",
     "expert_freeze_patterns",
     "tolerate_wrappers",
+    "check_router_only",
     "NON_MOE_PARAMS",
     "ROUTER_PARAMS",
+    "ROUTER_ONLY_FREEZE",
 ]
 
 
@@ -57,6 +67,11 @@ NON_MOE_PARAMS: List[str] = [
 run whose model has anything else trainable."""
 
 ROUTER_PARAMS = "blocks.*.feed_forward_moe.router.*"
+"""The parameters router-only training trains (router weight and, if present, expert bias)."""
+
+ROUTER_ONLY_FREEZE: List[str] = NON_MOE_PARAMS + ["blocks.*.feed_forward_moe.experts.*"]
+"""``freeze_params`` patterns (fnmatch, as OLMo-core takes them) for every FlexOlmo parameter
+except the routers (fnmatch has no negation, so the other families are listed)."""
 
 
 def tolerate_wrappers(pattern: str) -> str:
@@ -74,25 +89,6 @@ def expert_freeze_patterns(train_router: bool = True) -> List[str]:
     """``freeze_params`` patterns for expert-only training: everything outside the experts (and
     the router unless ``train_router``)."""
     return NON_MOE_PARAMS + ([] if train_router else [ROUTER_PARAMS])
-
-
-def train_only_experts(config, experts: List[int], train_router: bool = True):
-    """Make an experiment config train only ``experts`` (their MLP rows and, with
-    ``train_router``, their router rows): freezes the rest (the experiment's ``freeze_params``,
-    applied to the model once it is known, also when it comes from ``load_path``), turns off
-    weight decay on the routers (shared by all experts), adds :class:`TrainableExpertsCallback`,
-    which also tells the experiment to split the expert weights. Returns it."""
-    patterns = (config.freeze_params or []) + expert_freeze_patterns(train_router)
-    config.freeze_params = list(dict.fromkeys(patterns))
-    if train_router:
-        optim = config.train_module.optim
-        optim.group_overrides = list(optim.group_overrides or []) + [
-            OptimGroupOverride(params=[tolerate_wrappers(ROUTER_PARAMS)], opts={"weight_decay": 0.0})
-        ]
-    config.trainer.callbacks["trainable_experts"] = TrainableExpertsCallback(
-        experts=list(experts), train_router=train_router
-    )
-    return config
 
 
 def expert_mlps(model: nn.Module) -> Iterator[Tuple[str, VariableMoE]]:
@@ -189,7 +185,7 @@ class TrainableExpertsCallback(Callback):
         if loose:
             raise UserError(
                 f"expert-only training but {len(loose)} other parameters are trainable "
-                f"(e.g. {loose[0]}); build the config with train_only_experts() and add the "
+                f"(e.g. {loose[0]}); build the config with with_expert_training() and add the "
                 "parameter to the experiment's freeze_params"
             )
         frozen = [n for n, p, _ in self._targets if not p.requires_grad]
@@ -210,8 +206,8 @@ class TrainableExpertsCallback(Callback):
                 if any(p is param for p in group["params"]) and group.get("weight_decay", 0.0):
                     raise UserError(
                         f"{name} has weight_decay={group['weight_decay']}: decoupled weight decay "
-                        "would change the frozen experts' router rows; use train_only_experts(), "
-                        "which turns it off for the routers"
+                        "would change the frozen experts' router rows; use "
+                        "with_expert_training(), which turns it off for the routers"
                     )
 
     def _local_mask(self, name: str, grad: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -224,3 +220,23 @@ class TrainableExpertsCallback(Callback):
                 ).to_local()
             mask = self._local_masks[name] = keep
         return mask
+
+
+def check_router_only(names_trainable: List[Tuple[str, bool]]) -> None:
+    """Raise :class:`UserError` unless exactly the router parameters are trainable
+    (``names_trainable``: parameter name and whether it trains)."""
+    wrong = [n for n, trainable in names_trainable if trainable != fnmatch(n, ROUTER_PARAMS)]
+    if wrong:
+        raise UserError(
+            f"router-only training would {'train' if dict(names_trainable)[wrong[0]] else 'freeze'} "
+            f"{wrong[0]}; only {ROUTER_PARAMS} may train (is this a FlexOlmo model?)"
+        )
+
+
+@dataclass
+class RouterOnlyCheck(Callback):
+    """Refuses to start unless exactly the routers' parameters are trainable."""
+
+    def pre_train(self):
+        model = self.trainer.train_module.model
+        check_router_only([(n, p.requires_grad) for n, p in model.named_parameters()])

@@ -37,6 +37,8 @@ class FlexWandBCallback(WandBCallback):
         return os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun")
 
     def pre_train(self):
+        """Mirrors OLMo-core 3.0 ``WandBCallback.pre_train``; changed: offline without an API
+        key, and ``wandb.init`` gets the run id kept in the checkpoint (``resume="allow"``)."""
         if not self.enabled or get_rank() != 0:
             return
         if "WANDB_API_KEY" not in os.environ and "WANDB_MODE" not in os.environ:
@@ -65,6 +67,8 @@ class FlexWandBCallback(WandBCallback):
         self._run_path = self.run.path  # type: ignore[union-attr]
 
     def finalize(self, exit_code: int = 0):
+        """Mirrors OLMo-core 3.0 ``WandBCallback.finalize``; changed: works with wandb versions
+        whose ``finish()`` has no ``quiet`` argument."""
         if self.finalized:
             return
         try:

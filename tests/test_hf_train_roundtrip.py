@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from interop_fixtures import (
+from hf_helpers import (
     hf_flex,
     hf_logits,
     load_hf,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from compose_helpers import D_MODEL as MERGE_D_MODEL
 from compose_helpers import PUBLIC, make_experts
-from interop_fixtures import hf_logits, load_hf, max_diff, our_logits, tokens
-from prune_util import tiny_model, token_files
+from hf_helpers import hf_logits, load_hf, max_diff, our_logits, tokens
+from prune_helpers import tiny_model, token_files
 
 from olmo_flex_ext import load_model
 from olmo_flex_ext.checkpoint import read_model_config, save_model

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from interop_fixtures import (
+from hf_helpers import (
     D_MODEL,
     VOCAB,
     hf_flex,

@@ -10,9 +10,9 @@ from tokenizers import Tokenizer
 
 from olmo_flex_ext.cli import main
 from olmo_flex_ext.data import tokenize as tokenize_mod
-from olmo_flex_ext.data.english import english_documents
 from olmo_flex_ext.data.tokenize import tokenize_jsonl
-from olmo_flex_ext.data.tokenizer import train_bpe_tokenizer
+from olmo_flex_ext.demo.data.english import english_documents
+from olmo_flex_ext.demo.data.tokenizer import train_bpe_tokenizer
 from olmo_flex_ext.errors import UserError
 
 

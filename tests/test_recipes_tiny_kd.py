@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from prune_util import tiny_checkpoint
+from prune_helpers import tiny_checkpoint
 
 from olmo_flex_ext.checkpoint import iter_tensors, read_model_config, tensor_shapes
 from olmo_flex_ext.cli import main as cli

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from olmo_flex_ext import load_model
-from olmo_flex_ext.callbacks import read_metrics
-from olmo_flex_ext.experiment import load_experiment, train
+from olmo_flex_ext.train.callbacks import read_metrics
+from olmo_flex_ext.train.experiment import load_experiment, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "train_configs" / "tiny_flex.py")

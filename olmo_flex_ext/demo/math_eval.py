@@ -1,5 +1,5 @@
 """Math evaluation on held-out arithmetic problems: exact-match accuracy of greedy answers and
-the loss on answer tokens.
+the loss on answer tokens; :class:`MathEvalCallback` adds them to the in-loop evaluation.
 
 Greedy decoding is a plain batched loop over the model's logits. OLMo-core's
 ``TransformerGenerationModule`` was checked and is not used: its constructor re-initialises the
@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Sequence
+from functools import cached_property
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+from olmo_core.distributed.utils import get_world_size
 
-from ..data.arithmetic import Problem
-from .lm import LogitsFn, eval_mode, model_device, next_token_losses
+from ..eval.callback import FlexEvalCallback
+from ..eval.lm import LogitsFn, eval_mode, model_device, next_token_losses
+from .data.arithmetic import Problem
 
 __all__ = [
     "MathScores",
@@ -28,6 +31,7 @@ __all__ = [
     "answer_loss",
     "evaluate_math",
     "is_correct",
+    "MathEvalCallback",
 ]
 
 
@@ -182,3 +186,51 @@ def evaluate_math(
         num_problems=len(flat),
         accuracy_by_level={lv: sum(cs) / len(cs) for lv, cs in sorted(correct.items())},
     )
+
+
+@dataclass
+class MathEvalCallback(FlexEvalCallback):
+    """:class:`~olmo_flex_ext.eval.callback.FlexEvalCallback` plus held-out math problems: greedy
+    exact-match accuracy (overall and per level) and answer loss, as ``eval/math/...``. Greedy
+    decoding runs a fixed number of steps when there are several ranks, so sharded models see the
+    same forward passes on every rank."""
+
+    tokenizer: Optional[str] = None
+    """HF tokenizer directory (``tokenizer.json``)."""
+    math_problems: Optional[str] = None
+    """JSONL of held-out problems as the demo data writes them (``math-eval.jsonl``)."""
+    max_problems: Optional[int] = None
+
+    @cached_property
+    def _tok(self) -> Any:
+        from ..data.tokenize import load_tokenizer
+
+        assert self.tokenizer is not None, "MathEvalCallback.tokenizer is needed for math problems"
+        return load_tokenizer(self.tokenizer)
+
+    @cached_property
+    def _problems(self) -> List[Any]:
+        from .data.corpus import read_problems
+
+        assert self.math_problems is not None
+        problems = read_problems(self.math_problems)
+        return problems[: self.max_problems] if self.max_problems else problems
+
+    def evaluate(self, model: torch.nn.Module) -> Dict[str, float]:
+        metrics: Dict[str, float] = {}
+        if self.math_problems:
+            tok, special = self._tok
+            scores = evaluate_math(
+                model,
+                self._problems,
+                tok,
+                eos_id=special.eos,
+                batch_size=self.batch_size,
+                stop_early=get_world_size() == 1,
+            )
+            metrics["math/accuracy"] = scores.accuracy
+            metrics["math/answer_loss"] = scores.answer_loss
+            for level, acc in scores.accuracy_by_level.items():
+                metrics[f"math/accuracy_level{level}"] = acc
+        metrics.update(super().evaluate(model))
+        return metrics

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from interop_fixtures import (
+from hf_helpers import (
     hf_flex,
     hf_logits,
     load_hf,

@@ -15,7 +15,6 @@ from olmo_core.nn.moe import MoERouterConfig
 from olmo_core.nn.transformer import TransformerConfig
 
 from olmo_flex_ext import launch
-from olmo_flex_ext.experiment import ExperimentConfig, load_experiment
 from olmo_flex_ext.models import (
     expert_widths_per_layer,
     flex_olmo_2x7b,
@@ -24,6 +23,7 @@ from olmo_flex_ext.models import (
     with_expert_widths,
 )
 from olmo_flex_ext.nn.moe import VariableMoEConfig
+from olmo_flex_ext.train.experiment import ExperimentConfig, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "train_configs" / "tiny_flex.py")

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from interop_fixtures import (
+from hf_helpers import (
     hf_flex,
     hf_olmo2,
     randomize,

@@ -1,30 +1,26 @@
-"""The results table of a demo run: ``results.json`` (the format other tools and CI read),
-``report.md`` with the table and plots, and checks of the claims the table should support.
+"""The demo's results: ``results.json`` (the format other tools and CI read) and the claims the
+table should support.
 
 ``results.json`` is a list of rows (see :class:`ResultRow`); :func:`validate_results` checks a file
-or a list against that contract and names every problem it finds. Plots are PNGs drawn with
-matplotlib's Agg backend (no display needed). Every file is written to a temp name and renamed.
+or a list against that contract and names every problem it finds; :func:`check_claims` judges the
+method's claims on the rows; :func:`model_row_fields` gives a row's widths and parameter counts
+from a model config. The tables and ``report.md`` are written by :mod:`.report`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
-
-from .atomic import atomic_file, write_atomic
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "KINDS",
     "ResultRow",
     "validate_results",
-    "load_results",
     "check_claims",
     "Claim",
-    "write_report",
-    "markdown_table",
     "model_row_fields",
 ]
 
@@ -123,10 +119,6 @@ def validate_results(data: Union[str, Path, Sequence[Any]]) -> List[ResultRow]:
     return [ResultRow(**row) for row in data]
 
 
-def load_results(path: Union[str, Path]) -> List[ResultRow]:
-    return validate_results(path)
-
-
 @dataclass
 class Claim:
     """One statement the table should support, and whether it does."""
@@ -195,24 +187,6 @@ def check_claims(
     return claims
 
 
-def markdown_table(rows: Sequence[ResultRow]) -> str:
-    head = "| model | kind | expert widths | total params | expert params | math acc | math loss | general loss |"
-    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(
-            f"| {r.name} | {r.kind} | {_widths_text(r.expert_widths)} | {r.total_params:,} | "
-            f"{r.expert_params:,} | {r.math_accuracy:.3f} | {r.math_loss:.3f} | {r.general_loss:.3f} |"
-        )
-    return "\n".join(lines)
-
-
-def _widths_text(w: Widths) -> str:
-    if w and isinstance(w[0], list):
-        domain = ", ".join("+".join(str(v) for v in x[1:]) for x in w)  # type: ignore[index]
-        return f"{w[0][0]} + per layer {domain}"  # type: ignore[index]
-    return " + ".join(str(x) for x in w)
-
-
 def model_row_fields(config: Any) -> Dict[str, Any]:
     """``expert_widths``, ``total_params`` and ``expert_params`` of an OLMo-core model config:
     a dense model counts as one (public) expert of its MLP width; domain experts are all experts
@@ -223,7 +197,7 @@ def model_row_fields(config: Any) -> Dict[str, Any]:
         if len(widths) > 1:
             widths = [[b.feed_forward.hidden_size] for b in blocks]
         return dict(expert_widths=widths, total_params=config.num_params, expert_params=0)
-    from .models import expert_widths_per_layer
+    from ..models import expert_widths_per_layer
 
     per_layer = expert_widths_per_layer(config)
     domain = sum(sum(w[1:]) for w in per_layer)
@@ -233,126 +207,3 @@ def model_row_fields(config: Any) -> Dict[str, Any]:
         total_params=config.num_params,
         expert_params=3 * config.d_model * domain,
     )
-
-
-def _write_text(path: Path, text: str) -> None:
-    write_atomic(path, text)
-
-
-def _plot(path: Path, draw: Any) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    draw(ax)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-
-
-def plot_curves(
-    path: Path, curves: Mapping[str, Mapping[int, float]], *, title: str, ylabel: str
-) -> None:
-    """One line per label: value by training step."""
-
-    def draw(ax: Any) -> None:
-        for label, points in curves.items():
-            steps = sorted(points)
-            ax.plot(steps, [points[s] for s in steps], label=label)
-        ax.set(title=title, xlabel="step", ylabel=ylabel)
-        ax.legend()
-        ax.grid(alpha=0.3)
-
-    _plot(path, draw)
-
-
-def plot_overlap(path: Path, overlap: Mapping[int, Sequence[float]]) -> None:
-    """Per layer, the share of the top-W neurons that math and general calibration agree on, one
-    group of bars per layer and one bar per width W."""
-
-    def draw(ax: Any) -> None:
-        widths = sorted(overlap, reverse=True)
-        step = 0.8 / max(len(widths), 1)
-        for j, w in enumerate(widths):
-            xs = [i - 0.4 + step * (j + 0.5) for i in range(len(overlap[w]))]
-            ax.bar(xs, overlap[w], width=step, label=f"top {w}")
-        ax.set(
-            title="math expert neurons kept by both math and general calibration",
-            xlabel="layer",
-            ylabel="overlap of the top-W sets",
-            ylim=(0, 1),
-        )
-        ax.set_xticks(range(len(next(iter(overlap.values()), []))))
-        ax.legend()
-
-    _plot(path, draw)
-
-
-def plot_widths(path: Path, widths: Mapping[str, Sequence[int]]) -> None:
-    """Domain-expert width per layer for each labelled model."""
-
-    def draw(ax: Any) -> None:
-        for label, per_layer in widths.items():
-            ax.plot(range(len(per_layer)), per_layer, marker="o", label=label)
-        ax.set(title="math expert width per layer", xlabel="layer", ylabel="width")
-        ax.set_xticks(range(max(len(v) for v in widths.values())))
-        ax.legend()
-        ax.grid(alpha=0.3)
-
-    _plot(path, draw)
-
-
-def write_report(
-    out: Union[str, Path],
-    rows: Sequence[ResultRow],
-    *,
-    title: str = "Variable FlexOlmo demo",
-    curves: Optional[Mapping[str, Mapping[str, Mapping[int, float]]]] = None,
-    overlap: Optional[Mapping[int, Sequence[float]]] = None,
-    allocation: Optional[Mapping[str, Sequence[int]]] = None,
-    sections: Sequence[Tuple[str, str]] = (),
-    notes: Sequence[str] = (),
-    margin: float = 0.05,
-    accuracy: bool = True,
-) -> Path:
-    """Write ``out/results.json``, plots under ``out/plots/`` and ``out/report.md``.
-
-    :param curves: plot title -> label -> {step: value}, one PNG each (e.g. distillation loss per
-        width, or the public model's training loss).
-    :param overlap: W -> per-layer overlap of the top-W sets of math vs general calibration.
-    :param allocation: label -> domain-expert width per layer.
-    :param sections: ``(title, markdown)`` added after the checks (e.g. the composition table).
-    """
-    out = Path(out)
-    plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    validate_results([asdict(r) for r in rows])
-    md = [f"# {title}", "", markdown_table(rows), ""]
-    claims = check_claims(rows, margin=margin, accuracy=accuracy)
-    if claims:
-        md += ["## Checks", ""]
-        md += [f"- [{'x' if c.holds else ' '}] {c.text}: {c.detail}" for c in claims]
-        md.append("")
-    for heading, body in sections:
-        md += [f"## {heading}", "", body, ""]
-    images: List[Tuple[str, str]] = []
-    for i, (plot_title, by_label) in enumerate((curves or {}).items()):
-        name = f"curves-{i}.png"
-        plot_curves(plots / name, by_label, title=plot_title, ylabel="loss")
-        images.append((plot_title, name))
-    if overlap is not None:
-        plot_overlap(plots / "calibration-overlap.png", overlap)
-        images.append(("Calibration overlap per layer", "calibration-overlap.png"))
-    if allocation:
-        plot_widths(plots / "width-allocation.png", allocation)
-        images.append(("Width allocation", "width-allocation.png"))
-    for caption, name in images:
-        md += [f"## {caption}", "", f"![{caption}](plots/{name})", ""]
-    if notes:
-        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    _write_text(out / "report.md", "\n".join(md))
-    _write_text(out / "results.json", json.dumps([asdict(r) for r in rows], indent=2) + "\n")
-    return out / "results.json"

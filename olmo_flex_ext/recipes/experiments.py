@@ -1,9 +1,6 @@
-"""Building blocks of train configs: one function assembles an :class:`ExperimentConfig` from the
-settings a user changes (model, data, batch sizes, learning rate, run folder, W&B project).
-
-Train configs in ``train_configs/`` call :func:`flex_experiment` (or :func:`tiny_experiment` for the
-CPU ones, or :func:`flex_math_7b`) and add what their run needs (pruning, distillation); every
-setting stays overridable from the command line.
+"""Experiments from the settings a user changes: :func:`flex_experiment` assembles an
+:class:`~olmo_flex_ext.train.experiment.ExperimentConfig` (model, data, batch sizes, learning rate,
+run folder, W&B project); :func:`tiny_experiment` is the same with the tiny CPU settings.
 """
 
 from __future__ import annotations
@@ -24,23 +21,22 @@ from olmo_core.train.train_module import (
     TransformerTrainModuleConfig,
 )
 
-from .callbacks import FlexCheckpointerCallback, FlexWandBCallback, MetricsLogCallback
-from .data.tokens import token_dtype
-from .experiment import ExperimentConfig
+from ..data.synthetic import TINY_TOKENIZER, ensure_synthetic_tokens
+from ..data.tokens import token_dtype
+from ..train.callbacks import FlexCheckpointerCallback, FlexWandBCallback, MetricsLogCallback
+from ..train.experiment import ExperimentConfig
 
 __all__ = [
     "flex_experiment",
     "tiny_experiment",
     "tiny_data",
-    "flex_math_7b",
     "data_root",
     "fsdp",
     "BF16",
     "TINY_TOKENIZER",
+    "TINY_SEQ",
+    "DATA_ROOT_ENV",
 ]
-
-TINY_TOKENIZER = TokenizerConfig(vocab_size=512, eos_token_id=0, pad_token_id=1)
-"""Tokenizer of the synthetic tiny data (ids 0..511, EOS 0)."""
 
 
 def fsdp(param_dtype: Optional[DType] = None) -> TransformerDataParallelConfig:
@@ -158,8 +154,6 @@ def tiny_data(name: str = "synthetic", seed: int = 0) -> List[str]:
     """Synthetic token files of the tiny configs (made on first use) under
     ``$OLMO_FLEX_DATA_ROOT`` (default ``runs/data``)``/name``; another ``seed`` is another
     bigram chain, i.e. another "domain"."""
-    from .data.synthetic import ensure_synthetic_tokens
-
     root = data_root("runs/data")
     return ensure_synthetic_tokens(f"{root}/{name}", vocab_size=TINY_TOKENIZER.vocab_size, seed=seed)
 
@@ -194,56 +188,3 @@ def tiny_experiment(
         wandb_name=name.replace("_", "-"),
         **settings,
     )
-
-
-FLEX_7B_AC: Optional[TransformerActivationCheckpointingConfig] = None
-"""Activation checkpointing of the 7B configs: none. The memory plan (docs/performance.md) puts a
-flex_math_5504 step at 40 GiB per GPU on 8 or 16 GPUs without it, well within an 80 GB card, and
-``selected_ops`` (18 GiB) would add 23% more FLOPs of recomputation; on smaller cards, or for a
-larger micro-batch, set ``--train_module.ac_config='{mode: selected_ops}'``."""
-
-
-def flex_math_7b(
-    domain_width: int, *, extra_callbacks: Optional[Dict[str, Callback]] = None
-) -> ExperimentConfig:
-    """Flex-math-2x7B-1T with the math expert at ``domain_width``, distilled from the unpruned
-    model's top-128 store with the seed's settings: AdamW (no weight decay), lr 2e-4 with cosine
-    decay, ~228M tokens; only the math expert (expert 1) and its router row train. A step is
-    16 x 4096 = 65,536 tokens (splits over 1, 2, 4, 8 or 16 GPUs). Speed and memory (see
-    docs/performance.md, where the memory plan justifies them): bfloat16 compute with float32
-    gradient reduction and optimizer state, compile, :data:`FLEX_7B_AC` activation checkpointing.
-    Paths (overridable): initial weights ``load_path`` (the pruned model),
-    ``dataset.topk_store``, ``train_module.teacher_path``; all under ``$OLMO_FLEX_DATA_ROOT``."""
-    from .distill.recipe import with_distillation
-    from .models import flex_olmo_2x7b
-    from .train.trainable import train_only_experts
-
-    seq = 4096
-    root = data_root("/data/olmo-flex")
-    config = flex_experiment(
-        model=flex_olmo_2x7b(domain_width),
-        data_paths=[f"{root}/dolmino-math/*.npy"],
-        tokenizer=TokenizerConfig.dolma2(),
-        save_folder=f"runs/flex_math_{domain_width}",
-        sequence_length=seq,
-        global_batch_tokens=16 * seq,
-        microbatch_tokens=seq,
-        max_duration=Duration.tokens(228_000_000),
-        lr=2e-4,
-        warmup_steps=100,
-        save_interval=500,
-        ephemeral_save_interval=100,
-        wandb_project="olmo-flex",
-        wandb_name=f"flex-math-{domain_width}",
-        load_path=f"{root}/checkpoints/flex-math-{domain_width}-pruned",
-        extra_callbacks=extra_callbacks,
-        param_dtype=BF16,
-        compile_model=True,
-        ac_config=FLEX_7B_AC,
-    )
-    config = with_distillation(
-        config,
-        store=f"{root}/topk/flex-math-2x7b-top128",
-        teacher_path=f"{root}/checkpoints/Flex-math-2x7B-1T",
-    )
-    return train_only_experts(config, experts=[1], train_router=True)

@@ -1,4 +1,4 @@
-"""Expert-only training: what train_only_experts freezes and splits, router row masking, refusals."""
+"""Expert-only training: what with_expert_training freezes and splits, router row masking, refusals."""
 
 from types import SimpleNamespace
 
@@ -11,8 +11,7 @@ from olmo_flex_ext.train.trainable import TrainableExpertsCallback
 
 CONFIG = """
 from olmo_flex_ext.models import tiny_flex
-from olmo_flex_ext.recipes import TINY_TOKENIZER, flex_experiment
-from olmo_flex_ext.train import train_only_experts
+from olmo_flex_ext.recipes import TINY_TOKENIZER, flex_experiment, with_expert_training
 
 def build_config():
     config = flex_experiment(
@@ -20,13 +19,13 @@ def build_config():
         save_folder="unused", sequence_length=16, global_batch_tokens=32, microbatch_tokens=32,
         max_duration=None, lr=1e-3, weight_decay=0.1, wandb_project=None,
     )
-    return train_only_experts(config, experts=[1])
+    return with_expert_training(config, experts=[1])
 """
 
 
 def _experiment(tmp_path):
     """Through load_experiment, which hands the experiment's freeze_params to the model."""
-    from olmo_flex_ext.experiment import load_experiment
+    from olmo_flex_ext.train.experiment import load_experiment
 
     (tmp_path / "config.py").write_text(CONFIG)
     return load_experiment(str(tmp_path / "config.py"))
@@ -38,7 +37,7 @@ def _attach(callback, model, optim):
 
 
 def test_freezes_all_but_trained_rows_and_routers_and_masks_router_rows(tmp_path):
-    from olmo_flex_ext.experiment import build_model
+    from olmo_flex_ext.train.experiment import build_model
 
     config = _experiment(tmp_path)
     model = build_model(config).to_empty(device="cpu")
@@ -63,7 +62,7 @@ def test_freezes_all_but_trained_rows_and_routers_and_masks_router_rows(tmp_path
 
 
 def test_refuses_setups_that_would_move_frozen_rows(tmp_path):
-    from olmo_flex_ext.experiment import build_model
+    from olmo_flex_ext.train.experiment import build_model
     from olmo_flex_ext.train.trainable import set_trainable_experts
 
     model = tiny_flex([48, 16]).build(init_device="cpu")

@@ -25,10 +25,10 @@ from typing import Any, Dict, Iterable, List, Union
 
 from olmo_core.data import TokenizerConfig
 
+from ...data.tokenize import tokenize_jsonl
 from .arithmetic import Problem, math_problems
 from .code import code_documents
 from .english import english_documents
-from .tokenize import tokenize_jsonl
 from .tokenizer import tokenizer_config, train_bpe_tokenizer
 
 __all__ = ["DemoDataConfig", "DemoData", "SPLITS", "read_problems"]
@@ -74,7 +74,7 @@ class DemoDataConfig:
 
     def build(self, root: Union[str, Path], *, overwrite: bool = False) -> "DemoData":
         """Write the data directory ``root`` (see the module docstring) and open it."""
-        from ..checkpoint import atomic_output_dir
+        from ...checkpoint import atomic_output_dir
 
         with atomic_output_dir(root, overwrite=overwrite) as tmp:
             problems = {
@@ -151,7 +151,7 @@ class DemoData:
     def __init__(self, root: Union[str, Path]):
         self.root = Path(root)
         if not (self.root / "data.json").is_file():
-            from ..errors import UserError
+            from ...errors import UserError
 
             raise UserError(f"{self.root} is not a demo data directory (no data.json)")
         self.manifest: Dict[str, Any] = json.loads((self.root / "data.json").read_text())
