@@ -155,3 +155,22 @@ def test_two_fsdp_ranks_keep_frozen_rows_and_resume_bitwise(config_file, tmp_pat
     check_frozen_rows(tmp_path / "full/step0", tmp_path / "full/step10")
     full, resumed = state(load_model(tmp_path / "full")), state(load_model(tmp_path / "resumed"))
     assert all(torch.equal(v, full[k]) for k, v in resumed.items())
+
+
+def test_a_stock_checkpoint_loads_into_split_experts(tmp_path):
+    """The stock OLMo-core layout is converted tensor by tensor while it is read; expert weights
+    held as row blocks take their rows through their layer."""
+    from stock_helpers import save_stock, stock_config, stock_model
+
+    from olmo_flex_ext.checkpoint import load_state_dict, read_model_config
+    from olmo_flex_ext.train.trainable import set_trainable_experts
+
+    config = stock_config("default", experts=2, top_k=2, d_model=64, hidden=64, vocab=512)
+    path = save_stock(stock_model(config, seed=3), config, tmp_path / "stock")
+    split = read_model_config(path).build(init_device="cpu")
+    set_trainable_experts(split, [1])
+    load_state_dict(split, path)
+    reference = load_model(path).state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in split.state_dict().items())
+    assert torch.equal(split.blocks["0"].feed_forward_moe.experts.mlp.w1_frozen,
+                       reference[W1.format(0)][:64])  # fmt: skip

@@ -294,6 +294,16 @@ class VariableMoEMLP(MoEMLPBase):
                     self.register_parameter(name + suffix, nn.Parameter(block, requires_grad=grad))
         self.frozen_experts = frozen
 
+    def set_full_weight(self, name: str, full: torch.Tensor) -> None:
+        """Copy a full fused ``(sum of widths, d_model)`` value of ``name`` (``w1``, ``w2`` or
+        ``w3``) into the weight's row blocks, which may be sharded DTensors (each rank keeps its
+        rows; nothing is communicated)."""
+        blocks = [getattr(self, name + suffix) for suffix, _ in self._blocks()]
+        ranges = [self._row_ranges(experts) for _, experts in self._blocks()]
+        with torch.no_grad():
+            for block, value in zip(blocks, split_rows(full.to(blocks[0].dtype), blocks, ranges)):
+                get_local_tensor(block).copy_(get_local_tensor(value))
+
     def _blocks(self) -> List[Tuple[str, List[int]]]:
         """(parameter suffix, experts) of each row block: one block, or trained and frozen."""
         if not self.frozen_experts:
