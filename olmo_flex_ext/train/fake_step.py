@@ -306,9 +306,10 @@ def simulate(
 ) -> Dict[str, Any]:
     """Simulate ``steps`` training steps of ``config`` (an ``ExperimentConfig``) as rank 0 of
     ``world_size`` ranks; see the module docstring. ``teacher_model`` is the model config of the
-    online or pruning teacher (default: read from its checkpoint). Returns bytes and FLOPs per
-    rank (``peak``, ``categories`` at the peak, ``phase`` of the peak, ``phases``,
-    ``flops_per_step``, ``tokens_per_rank_step``, and ``pruning`` for a pruning callback)."""
+    online or pruning teacher (needed when the run has one). Returns bytes and FLOPs per rank:
+    ``peak``, ``categories`` at the peak, ``phase`` of the peak, ``flops_per_step``,
+    ``tokens_per_rank_step``, ``model_flops_per_token``, and ``pruning`` (peak and categories of
+    the teacher scoring) for a pruning callback."""
     from ..distill.train_module import KDTrainModuleConfig
     from ..nn.moe import VariableMoEMLP
     from ..prune.callback import PruneCallback

@@ -228,6 +228,8 @@ def plan_run(
     """Plan the run of ``config_path`` (with dotted ``overrides``) on ``world_size`` GPUs of the
     kind ``gpu`` (``GPUS``; ``gpu_memory`` bytes overrides its memory). ``model`` names the model
     of a config that takes it from a checkpoint not on this machine (``olmo-flex models``)."""
+    from olmo_core.exceptions import OLMoConfigurationError
+
     from ..models import get_model_config
     from .experiment import check_parallelism, load_experiment
 
@@ -241,7 +243,14 @@ def plan_run(
         raise UserError(f"--routing {routing!r}: use balanced or worst")
     overrides = list(overrides or [])
     model_config = get_model_config(model) if model else None
-    config = load_experiment(config_path, overrides, model=model_config)
+    try:
+        config = load_experiment(config_path, overrides, model=model_config)
+    except UserError:
+        raise
+    except OLMoConfigurationError as e:
+        if model is None and "takes its model from a checkpoint" in str(e):
+            raise UserError(f"{e}, or plan it with --model NAME (see olmo-flex models)") from None
+        raise
     check_parallelism(config, ranks=world_size)
     card = GPUS[gpu]
     capacity = gpu_memory or card.memory
