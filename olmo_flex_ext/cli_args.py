@@ -8,8 +8,11 @@ Only argparse and the standard library at import time: every command module impo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-from typing import TYPE_CHECKING, Iterable, List, Optional
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence, Union
 
 if TYPE_CHECKING:
     import torch
@@ -19,6 +22,7 @@ __all__ = [
     "WEIGHT_DTYPES",
     "add_checkpoint",
     "add_overwrite",
+    "add_verify",
     "add_token_data",
     "add_weight_dtype",
     "add_device",
@@ -26,6 +30,9 @@ __all__ = [
     "require_positive",
     "torch_dtype",
     "command_device",
+    "checkpoint_input",
+    "token_inputs",
+    "claimed_output",
 ]
 
 TOKEN_DTYPES = ["uint16", "uint32"]
@@ -42,7 +49,18 @@ def add_checkpoint(
 
 
 def add_overwrite(p: argparse.ArgumentParser, what: str = "the output") -> None:
-    p.add_argument("--overwrite", action="store_true", help=f"replace {what} if it exists")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help=f"replace {what} if it exists (once the new one is complete; never an input)",
+    )
+
+
+def add_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--verify", action="store_true",
+        help="first check every weight file of the input checkpoint(s) against the SHA-256 "
+        "recorded when it was written (reads them once; sizes are always checked)",
+    )
 
 
 def add_token_data(
@@ -141,3 +159,63 @@ def command_device(name: Optional[str] = None) -> "torch.device":
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     torch.cuda.set_device(device)
     return device
+
+
+# ---- inputs and outputs ------------------------------------------------------------------------
+
+
+def checkpoint_input(path: str, verify: bool = False) -> List[Path]:
+    """The paths a checkpoint argument stands for (for :func:`claimed_output`'s ``inputs``),
+    after checking it is a checkpoint; with ``verify``, its weight files' hashes too."""
+    from .checkpoint import checkpoint_inputs, verify_checkpoint
+
+    paths = checkpoint_inputs(path)
+    if verify:
+        verify_checkpoint(path)
+    return paths
+
+
+def token_inputs(globs: Union[str, Sequence[str]]) -> List[str]:
+    """The token files ``--data`` names (checked to exist)."""
+    from .data.tokens import expand_paths
+
+    return expand_paths(globs)
+
+
+@contextlib.contextmanager
+def claimed_output(
+    args: argparse.Namespace,
+    out: Union[str, Path],
+    *,
+    inputs: Iterable[Union[str, Path]] = (),
+    kind: str = "dir",
+    resume: bool = False,
+) -> Iterator[None]:
+    """Hold this command's output ``out`` (:func:`olmo_flex_ext.outputs.claim_output`: never an
+    input, one writer, checked writable) until the block ends. Under torchrun rank 0 holds it and
+    every rank stops with its error."""
+    from .errors import UserError
+    from .outputs import claim_output
+
+    settings = dict(
+        inputs=list(inputs), overwrite=bool(getattr(args, "overwrite", False)), kind=kind,
+        resume=resume, command=f"olmo-flex {getattr(args, 'command', '')}".strip(),
+    )  # fmt: skip
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_initialized() or dist.get_world_size() == 1:
+        with claim_output(out, **settings):  # type: ignore[arg-type]
+            yield
+        return
+    from olmo_core.distributed.utils import broadcast_object, get_rank
+
+    with contextlib.ExitStack() as stack:
+        error = None
+        if get_rank() == 0:
+            try:
+                stack.enter_context(claim_output(out, **settings))  # type: ignore[arg-type]
+            except UserError as e:
+                error = str(e)
+        error = broadcast_object(error)
+        if error is not None:
+            raise UserError(error)
+        yield

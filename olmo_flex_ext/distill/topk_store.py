@@ -29,7 +29,7 @@ import numpy as np
 from olmo_core.data import TokenizerConfig
 
 from ..errors import UserError
-from .codec import TopKCodec
+from .codec import CorruptRow, TopKCodec
 
 __all__ = [
     "TopKStore",
@@ -84,8 +84,19 @@ class TopKStore:
                 f"{self.path} is not a version-{STORE_VERSION} {STORE_FORMAT} store "
                 f"(format={self.meta.get('format')!r}, version={self.meta.get('version')!r})"
             )
-        self.codec = TopKCodec(int(self.meta["vocab_size"]), int(self.meta["k"]))
-        self._starts = np.array([c["start"] for c in self.chunks], dtype=np.int64)
+        try:
+            self.codec = TopKCodec(int(self.meta["vocab_size"]), int(self.meta["k"]))
+            self._starts = np.array([int(c["start"]) for c in self.chunks], dtype=np.int64)
+            for c in self.chunks:
+                if Path(c["file"]).name != c["file"] or int(c["tokens"]) < 0:
+                    raise ValueError(f"bad chunk entry {c}")
+            int(self.meta["sequence_length"]), int(self.meta["num_tokens"])
+            dict(self.meta["tokenizer"]), list(self.meta["token_files"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise TopKStoreError(
+                f"{meta_path} is damaged ({type(e).__name__}: {e}); regenerate the store with "
+                "`olmo-flex logprobs`"
+            ) from None
         self._maps: Dict[int, np.ndarray] = {}
         self._check_complete()
 
@@ -183,8 +194,22 @@ class TopKStore:
 
     def read(self, start: int, count: int) -> Tuple[np.ndarray, np.ndarray]:
         """``(ids int64 [count, k], logprobs float32 [count, k])`` for positions
-        ``[start, start + count)``."""
-        return self.codec.decode(self.read_rows(start, count))
+        ``[start, start + count)``; a damaged row raises :class:`TopKStoreError` naming its
+        chunk file and row."""
+        try:
+            return self.codec.decode(self.read_rows(start, count), check=True)
+        except CorruptRow as e:
+            raise self.damaged(start + e.row, e.reason) from None
+
+    def damaged(self, position: int, reason: str) -> TopKStoreError:
+        """The error for a damaged entry at token ``position``."""
+        c = int(np.searchsorted(self._starts, position, side="right")) - 1
+        chunk = self.chunks[c]
+        return TopKStoreError(
+            f"top-k store {self.path} is damaged: {self.path / chunk['file']} row "
+            f"{position - chunk['start']:,d} (token position {position:,d}) has {reason}; "
+            "regenerate the store with `olmo-flex logprobs ... --overwrite`"
+        )
 
     def __getstate__(self):  # memory maps are reopened in data-loader worker processes
         state = self.__dict__.copy()

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_args import add_checkpoint, add_overwrite, add_weight_dtype, int_list
+from ..cli_args import (
+    add_checkpoint,
+    add_overwrite,
+    add_verify,
+    add_weight_dtype,
+    checkpoint_input,
+    claimed_output,
+    int_list,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weight_dtype(p, help="convert the weights (default: keep their dtype)")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors file (default 5GB)")
     add_overwrite(p, "OUT")
+    add_verify(p)
     p.set_defaults(run=_export)
 
     p = sub.add_parser(
@@ -64,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random router rows")
     add_overwrite(p, "OUT")
+    add_verify(p)
     p.set_defaults(run=_upcycle)
 
     p = sub.add_parser(
@@ -73,6 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "transformers FlexOlmo/Olmo2 directory.",
     )
     p.add_argument("path", metavar="PATH")
+    p.add_argument(
+        "--verify", action="store_true",
+        help="also check every weight file: against the SHA-256 recorded when it was written, or "
+        "(trainer checkpoints, transformers directories) by reading every tensor",
+    )
     p.set_defaults(run=_info)
 
 
@@ -86,35 +101,43 @@ def _done(what: str, out: str) -> int:
 def _import(args) -> int:
     from . import import_hf
 
-    import_hf(
-        args.hf_dir, args.out, overwrite=args.overwrite, dtype=args.dtype,
-        keep_padding=args.keep_padding,
-    )
+    with claimed_output(args, args.out, inputs=[args.hf_dir]):
+        import_hf(
+            args.hf_dir, args.out, overwrite=args.overwrite, dtype=args.dtype,
+            keep_padding=args.keep_padding,
+        )
     return _done("imported", args.out)
 
 
 def _export(args) -> int:
     from . import export_hf, parse_size
 
-    export_hf(
-        args.src, args.out, tokenizer=args.tokenizer, overwrite=args.overwrite,
-        max_shard_bytes=parse_size(args.max_shard_size), dtype=args.dtype,
-    )
+    inputs = checkpoint_input(args.src, args.verify) + ([args.tokenizer] if args.tokenizer else [])
+    with claimed_output(args, args.out, inputs=inputs):
+        export_hf(
+            args.src, args.out, tokenizer=args.tokenizer, overwrite=args.overwrite,
+            max_shard_bytes=parse_size(args.max_shard_size), dtype=args.dtype,
+        )
     return _done("exported", args.out)
 
 
 def _upcycle(args) -> int:
     from . import upcycle
+    from .files import is_hf_dir
 
-    upcycle(
-        args.dense, args.out, num_experts=args.experts, expert_widths=args.widths,
-        router_from=args.router_from, seed=args.seed, overwrite=args.overwrite, top_k=args.top_k,
-    )
+    inputs = [args.dense] if is_hf_dir(args.dense) else checkpoint_input(args.dense, args.verify)
+    inputs += [args.router_from] if args.router_from else []
+    with claimed_output(args, args.out, inputs=inputs):
+        upcycle(
+            args.dense, args.out, num_experts=args.experts, expert_widths=args.widths,
+            router_from=args.router_from, seed=args.seed, overwrite=args.overwrite,
+            top_k=args.top_k,
+        )
     return _done("upcycled", args.out)
 
 
 def _info(args) -> int:
     from .summary import summarize
 
-    print(summarize(args.path))
+    print(summarize(args.path, verify=args.verify))
     return 0
