@@ -60,14 +60,15 @@ def user_errors(verbose: bool = False) -> Iterator[None]:
 
 @contextlib.contextmanager
 def quiet_libraries(enabled: bool = True) -> Iterator[None]:
-    """Silence library warnings and log records below ERROR (OLMo-core's ``transformer_engine
-    unavailable`` at import, torch's UserWarnings) while the block runs, so that a command's
-    output is its own; ``enabled=False`` (``--verbose``) changes nothing."""
+    """Silence library warnings and log records up to ERROR (OLMo-core's ``transformer_engine
+    unavailable`` at import, torch's UserWarnings, the errors DCP logs before it raises) while
+    the block runs, so that a command's output is its own and a failure is one ``error:`` line;
+    ``enabled=False`` (``--verbose``) changes nothing."""
     if not enabled:
         yield
         return
     previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+    logging.disable(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -55,9 +55,9 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-HEARTBEAT = 15.0
+HEARTBEAT = 10.0
 """Seconds between refreshes of a held lock (its modification time)."""
-STALE_AFTER = 120.0
+STALE_AFTER = 60.0
 """A lock of another host not refreshed for this long belongs to a process that is gone."""
 
 
@@ -123,6 +123,7 @@ def _alive(pid: int, start: Optional[str]) -> bool:
 class _Lock:
     path: Path
     command: str
+    wait: float = 0.0
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: Optional[threading.Thread] = None
@@ -150,6 +151,8 @@ class _Lock:
                     self._take_over({}, "unreadable")
                 continue
             reason = self._stale_reason(holder)
+            if reason is None and self._may_go_stale(holder):
+                continue
             if reason is None:
                 raise OutputError(
                     f"{self.path.parent / self.path.name[1:-5]} is being written by another "
@@ -186,6 +189,22 @@ class _Lock:
             return None if _alive(pid, start) else f"its process {pid} is gone"  # type: ignore[arg-type]
         age = self._age()
         return f"it was last refreshed {age:.0f} s ago" if age > STALE_AFTER else None
+
+    def _may_go_stale(self, holder: Dict[str, object]) -> bool:
+        """For a claim that may wait (a relaunched training run, whose rank 0 may now be on
+        another host): wait until a lock of another host is either refreshed (its holder lives)
+        or old enough to be stale. True when it is worth looking again."""
+        if not self.wait or holder.get("host") == socket.gethostname():
+            return False
+        before = self.path.stat().st_mtime if self.path.exists() else 0.0
+        pause = min(self.wait, STALE_AFTER - self._age() + 1.0)
+        if pause <= 0:
+            return False
+        note(f"{self.path} is held by {describe(holder)}; waiting {pause:.0f} s to see whether "
+             "that process still refreshes it")
+        time.sleep(pause)
+        self.wait = 0.0  # once: a lock refreshed meanwhile belongs to a live process
+        return not self.path.exists() or self.path.stat().st_mtime == before
 
     def _take_over(self, holder: Dict[str, object], reason: str) -> None:
         # One taker at a time: the guard file is created exclusively, so of two processes that
@@ -318,11 +337,14 @@ def claim_output(
     kind: str = "dir",
     resume: bool = False,
     command: Optional[str] = None,
+    wait: float = 0.0,
 ) -> Iterator[Claim]:
     """Hold ``out`` for writing for the duration of the block (see the module docstring).
 
     :param kind: ``"dir"`` or ``"file"``: what ``out`` will be.
     :param resume: an existing ``out`` is not an error (a job that continues inside it).
+    :param wait: seconds to wait for a lock of another host to prove its holder alive (by
+        refreshing it) before taking it over, instead of refusing at once.
     A claim this process already holds on ``out`` is reused (the outer one releases it).
     """
     out = Path(out)
@@ -331,20 +353,14 @@ def claim_output(
         yield existing
         return
     check_not_input(out, inputs)
-    if out.exists() or out.is_symlink():
-        if kind == "file" and out.is_dir():
-            raise OutputError(f"output {out} is a directory; give the path of a file to write")
-        if kind == "dir" and not out.is_dir():
-            raise OutputError(f"output {out} is a file; give the path of a directory to write")
-        if not (overwrite or resume):
-            raise OutputError(f"output {out} already exists; choose another path or pass --overwrite")
+    _check_existing(out, kind, overwrite or resume)
     created = _make_parents(real(out).parent)
     if not os.access(real(out).parent, os.W_OK | os.X_OK):
         raise OutputError(
             f"cannot write to {real(out).parent} (permission denied); choose an output in a folder "
             "you can write to"
         )
-    lock = _Lock(lock_path(out), command or _command())
+    lock = _Lock(lock_path(out), command or _command(), wait)
     claim = Claim(out, overwrite, lock, created)
     try:
         lock.acquire()
@@ -354,9 +370,20 @@ def claim_output(
     _HELD[real(out)] = claim
     try:
         _clean_leftovers(real(out))
+        _check_existing(out, kind, overwrite or resume)  # again: an output may have been restored
         yield claim
     finally:
         claim.release()
+
+
+def _check_existing(out: Path, kind: str, may_exist: bool) -> None:
+    if out.exists() or out.is_symlink():
+        if kind == "file" and out.is_dir():
+            raise OutputError(f"output {out} is a directory; give the path of a file to write")
+        if kind == "dir" and not out.is_dir():
+            raise OutputError(f"output {out} is a file; give the path of a directory to write")
+        if not may_exist:
+            raise OutputError(f"output {out} already exists; choose another path or pass --overwrite")
 
 
 def check_commit(out: PathLike, *, overwrite: Optional[bool] = None) -> None:

@@ -42,6 +42,7 @@ from ..checkpoint import (
     load_model,
     read_model_config,
     resolve_checkpoint,
+    tensor_meta,
     weights_dir,
 )
 from ..data.tokens import TokenFiles, Window, sampled_sha256, token_dtype
@@ -214,6 +215,7 @@ def generate_store(
     if out.exists() and not overwrite:
         raise TopKStoreError(f"{out} already exists; choose another --out or pass --overwrite")
     config = read_model_config(teacher)
+    tensor_meta(teacher)  # the teacher's metadata and files are sound before anything is written
     vocab = config.vocab_size
     if not 1 <= k <= vocab:
         raise TopKStoreError(f"--top-k must be between 1 and the vocabulary size {vocab}, got {k}")
@@ -243,25 +245,32 @@ def generate_store(
         "encoding": codec.describe(),
     }
     work = partial_dir(out)
+    fresh = not work.exists()
     _start_or_resume(work, plan, rank, overwrite)
-
-    todo = [
-        c for c in range(rank, len(chunks), world)
-        if not _chunk_done(work, c, sum(w.length for w in chunks[c]), codec)
-    ]  # fmt: skip
-    stopped = max_chunks is not None and len(todo) > max_chunks
-    todo = todo[:max_chunks] if max_chunks is not None else todo
-    # Loading a checkpoint is collective under a process group: all ranks load if any has work.
-    if not _all_true(not todo):
-        device = device or torch.device("cpu")
-        model = load_model(teacher, device=device, dtype=teacher_dtype)
-        mine = [c for c in range(rank, len(chunks), world)]
-        total = sum(w.length for c in mine for w in chunks[c])
-        done = total - sum(w.length for c in todo for w in chunks[c])
-        label = "teacher top-k" + (f" (rank 0 of {world})" if world > 1 else "")
-        bar = progress_bar(label, total, completed=done, unit="tokens", enabled=progress and rank == 0)
-        with bar as advance:
-            _run_chunks(model, files, chunks, todo, codec, work, batch_size, device, advance)
+    try:
+        todo = [
+            c for c in range(rank, len(chunks), world)
+            if not _chunk_done(work, c, sum(w.length for w in chunks[c]), codec)
+        ]  # fmt: skip
+        stopped = max_chunks is not None and len(todo) > max_chunks
+        todo = todo[:max_chunks] if max_chunks is not None else todo
+        # Loading a checkpoint is collective under a process group: all ranks load if any has work.
+        if not _all_true(not todo):
+            device = device or torch.device("cpu")
+            model = load_model(teacher, device=device, dtype=teacher_dtype)
+            mine = [c for c in range(rank, len(chunks), world)]
+            total = sum(w.length for c in mine for w in chunks[c])
+            done = total - sum(w.length for c in todo for w in chunks[c])
+            label = "teacher top-k" + (f" (rank 0 of {world})" if world > 1 else "")
+            bar = progress_bar(label, total, completed=done, unit="tokens", enabled=progress and rank == 0)
+            with bar as advance:
+                _run_chunks(model, files, chunks, todo, codec, work, batch_size, device, advance)
+    except TopKStoreError:
+        # Bad input found while computing: a folder this call started that holds no finished
+        # chunk would only be a leftover.
+        if fresh and rank == 0 and not any(work.glob("chunk-*")):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     finished = _all_true(not stopped)
     if not finished:
         return None

@@ -32,6 +32,7 @@ from ..errors import UserError
 from .codec import CorruptRow, TopKCodec
 
 __all__ = [
+    "is_store",
     "TopKStore",
     "TopKStoreError",
     "tokenizer_identity",
@@ -57,6 +58,16 @@ def tokenizer_identity(tokenizer: Union[TokenizerConfig, Dict[str, Any]]) -> Dic
     if out["identifier"] is not None:
         out["identifier"] = str(out["identifier"])
     return out
+
+
+def is_store(path: Union[str, Path]) -> bool:
+    """Whether ``path`` is (or claims to be) a top-k store: a directory with a ``meta.json`` of
+    the store format."""
+    meta = Path(path) / META_FILE
+    try:
+        return json.loads(meta.read_text()).get("format") == STORE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class TopKStore:
@@ -210,6 +221,38 @@ class TopKStore:
             f"{position - chunk['start']:,d} (token position {position:,d}) has {reason}; "
             "regenerate the store with `olmo-flex logprobs ... --overwrite`"
         )
+
+    def verify(self, block: int = 1 << 16) -> str:
+        """Check every chunk against the SHA-256 recorded when it was written and every row
+        (ids ascending and in range, log-probs not NaN and at most 0), ``block`` rows at a
+        time; raises :class:`TopKStoreError` naming the first bad file (and row)."""
+        from ..safe_io import sha256_file
+
+        for chunk in self.chunks:
+            for lo in range(0, chunk["tokens"], block):  # first: a bad row is named exactly
+                self.read(chunk["start"] + lo, min(block, chunk["tokens"] - lo))
+            file = self.path / chunk["file"]
+            if chunk.get("sha256") and sha256_file(file) != chunk["sha256"]:
+                raise TopKStoreError(
+                    f"top-k store {self.path} is damaged: {file} does not have the SHA-256 "
+                    "recorded when it was written; regenerate the store with `olmo-flex logprobs`"
+                )
+        hashed = sum(1 for c in self.chunks if c.get("sha256"))
+        return f"{len(self.chunks)} chunks ({hashed} with recorded SHA-256), {self.num_tokens:,d} rows valid"
+
+    def describe(self) -> str:
+        """A few lines on what the store holds and what it was made from."""
+        tok = self.tokenizer
+        return "\n".join([
+            f"{self.path}: top-k store (format {STORE_FORMAT} v{STORE_VERSION})",
+            f"entries: {self.num_tokens:,d} tokens x top-{self.k} over a vocabulary of "
+            f"{self.vocab_size:,d}, windows of {self.sequence_length}, {self.bytes_per_token} "
+            f"bytes/token, {len(self.chunks)} chunks",
+            f"tokenizer: {tok.get('identifier')} (vocab {tok.get('vocab_size')}, eos "
+            f"{tok.get('eos_token_id')}, pad {tok.get('pad_token_id')})",
+            f"token files: {', '.join(f['name'] for f in self.token_files)}",
+            f"teacher: {self.teacher.get('path', '?')}",
+        ])  # fmt: skip
 
     def __getstate__(self):  # memory maps are reopened in data-loader worker processes
         state = self.__dict__.copy()

@@ -78,15 +78,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "info",
-        help="architecture, expert widths and parameter counts of a checkpoint",
-        description="Describe a model-only checkpoint, trainer stepN/ directory, run folder or "
-        "transformers FlexOlmo/Olmo2 directory.",
+        help="architecture, expert widths and parameter counts of a checkpoint (or a top-k store)",
+        description="Describe a model-only checkpoint, trainer stepN/ directory, run folder, "
+        "transformers FlexOlmo/Olmo2 directory or top-k store; --verify checks every file.",
     )
     p.add_argument("path", metavar="PATH")
     p.add_argument(
         "--verify", action="store_true",
         help="also check every weight file: against the SHA-256 recorded when it was written, or "
-        "(trainer checkpoints, transformers directories) by reading every tensor",
+        "(trainer checkpoints, transformers directories) by reading every tensor; a store's "
+        "chunks against their SHA-256 and every row",
     )
     p.set_defaults(run=_info)
 
@@ -137,7 +138,12 @@ def _upcycle(args) -> int:
 
 
 def _info(args) -> int:
+    from ..distill.topk_store import TopKStore, is_store
     from .summary import summarize
 
+    if is_store(args.path):
+        store = TopKStore(args.path)
+        print(store.describe() + (f"\nverified: {store.verify()}" if args.verify else ""))
+        return 0
     print(summarize(args.path, verify=args.verify))
     return 0

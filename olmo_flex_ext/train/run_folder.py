@@ -4,8 +4,10 @@ live run writes the same run folder, and that every checkpoint OLMo-core will op
 - One run per folder: rank 0 takes the lock of ``trainer.save_folder``
   (:func:`olmo_flex_ext.outputs.claim_output`, ``.NAME.lock`` beside the folder, refreshed while
   the run lives) and every rank stops with the same error if another run holds it. A lock left by
-  a crashed or killed run is taken over with a note, so resuming always works; torchrun's workers
-  outlive a kill of torchrun itself and keep the lock until they are gone.
+  a crashed or killed run is taken over with a note, so resuming always works: at once on the
+  same host (its process is gone), after at most a minute when the relaunch's rank 0 is on
+  another host (the lock is no longer refreshed). torchrun's workers outlive a kill of torchrun
+  itself and keep the lock until they are gone.
 - No code from checkpoints: OLMo-core's trainer unpickles the checkpoint it resumes from (and a
   fresh run's ``load_path``) without restrictions, so those are checked first with
   :func:`olmo_flex_ext.safe_io.check_for_olmo_core`.
@@ -25,8 +27,8 @@ from olmo_core.distributed.utils import broadcast_object, get_rank
 from olmo_core.io import is_url
 from olmo_core.train.checkpoint import Checkpointer
 
+from .. import outputs
 from ..errors import UserError
-from ..outputs import claim_output
 
 __all__ = ["claim_run_folder", "checkpoints_to_open", "check_start_checkpoints", "guard_run"]
 
@@ -59,9 +61,12 @@ def claim_run_folder(save_folder: str, command: Optional[str] = None) -> Iterato
         yield
         return
     with contextlib.ExitStack() as stack:
-        _on_rank0(lambda: stack.enter_context(
-            claim_output(save_folder, kind="dir", resume=True, command=command)
-        ))  # fmt: skip
+        # A relaunch whose rank 0 is on another host than the crashed run's waits for that
+        # run's lock to go stale rather than refusing: resuming needs no manual step.
+        _on_rank0(lambda: stack.enter_context(outputs.claim_output(
+            save_folder, kind="dir", resume=True, command=command,
+            wait=outputs.STALE_AFTER + outputs.HEARTBEAT,
+        )))  # fmt: skip
         yield
 
 
