@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence, Union
 
@@ -194,28 +193,12 @@ def claimed_output(
     """Hold this command's output ``out`` (:func:`olmo_flex_ext.outputs.claim_output`: never an
     input, one writer, checked writable) until the block ends. Under torchrun rank 0 holds it and
     every rank stops with its error."""
-    from .errors import UserError
-    from .outputs import claim_output
+    from .outputs import claim_output, on_rank0
 
     settings = dict(
         inputs=list(inputs), overwrite=bool(getattr(args, "overwrite", False)), kind=kind,
         resume=resume, command=f"olmo-flex {getattr(args, 'command', '')}".strip(),
     )  # fmt: skip
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_initialized() or dist.get_world_size() == 1:
-        with claim_output(out, **settings):  # type: ignore[arg-type]
-            yield
-        return
-    from olmo_core.distributed.utils import broadcast_object, get_rank
-
     with contextlib.ExitStack() as stack:
-        error = None
-        if get_rank() == 0:
-            try:
-                stack.enter_context(claim_output(out, **settings))  # type: ignore[arg-type]
-            except UserError as e:
-                error = str(e)
-        error = broadcast_object(error)
-        if error is not None:
-            raise UserError(error)
+        on_rank0(lambda: stack.enter_context(claim_output(out, **settings)))  # type: ignore[arg-type]
         yield

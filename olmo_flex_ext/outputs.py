@@ -37,7 +37,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 from .errors import UserError, note
 
@@ -48,6 +48,7 @@ __all__ = [
     "held_claim",
     "check_not_input",
     "check_commit",
+    "on_rank0",
     "lock_path",
     "HEARTBEAT",
     "STALE_AFTER",
@@ -401,3 +402,26 @@ def check_commit(out: PathLike, *, overwrite: Optional[bool] = None) -> None:
             f"output {out} appeared while this command was running (another writer?); it was "
             "left as it is: choose another path or pass --overwrite"
         )
+
+
+def on_rank0(fn: Callable[[], object]) -> None:
+    """Run ``fn`` (e.g. taking a claim) on rank 0 only. With a process group every rank then
+    raises rank 0's :class:`UserError`, if any. Before a process group exists (the launcher claims
+    before it starts one) rank 0 is the process with ``RANK=0`` and its failure ends the launch
+    (torchrun then stops the other ranks)."""
+    dist = sys.modules.get("torch.distributed")  # no process group unless torch is loaded
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
+        if int(os.environ.get("RANK", "0")) == 0:
+            fn()
+        return
+    from olmo_core.distributed.utils import broadcast_object
+
+    error: Optional[str] = None
+    if dist.get_rank() == 0:
+        try:
+            fn()
+        except UserError as e:
+            error = str(e)
+    error = broadcast_object(error)
+    if error is not None:
+        raise UserError(error)

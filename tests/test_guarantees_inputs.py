@@ -373,3 +373,36 @@ def test_tokens_check_names_the_position_in_any_window(tmp_path):
     with pytest.raises(Exception, match="token 4,321 is id 100"):
         for w in files.windows(64, partial=True):
             files.read(w)
+
+
+def test_logprobs_takes_a_tokenizer_directory_and_records_it(guarantee_inputs, tmp_path, capfd):
+    """A store for a model with its own tokenizer (like the demo's 1024-token BPE): the
+    directory's identity goes into meta.json, and the KD data check accepts exactly it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from guarantees_helpers import run_inprocess
+    from prune_helpers import tiny_checkpoint
+
+    from olmo_flex_ext.data.synthetic import TINY_TOKENIZER, ensure_synthetic_tokens
+    from olmo_flex_ext.data.tokenizers import tokenizer_from_dir
+    from olmo_flex_ext.distill import TopKStore, TopKStoreError
+    from olmo_flex_ext.distill.topk_store import tokenizer_identity
+
+    tok = tokenizer_from_dir(guarantee_inputs.tokenizer)
+    ck = tiny_checkpoint(tmp_path / "ck", [32, 16], vocab_size=tok.padded_vocab_size())
+    data = ensure_synthetic_tokens(tmp_path / "data", vocab_size=tok.vocab_size, tokens_per_file=512)
+    out = tmp_path / "store"
+    code, _, err = run_inprocess(["logprobs", ck, "--data", ",".join(data), "--seq-len", 64,
+                                  "--top-k", 4, "--tokenizer", guarantee_inputs.tokenizer,
+                                  "--out", out], capfd)  # fmt: skip
+    assert code == 0, err
+    store = TopKStore(out)
+    assert store.tokenizer == tokenizer_identity(tok)
+    assert store.tokenizer["identifier"] == str(guarantee_inputs.tokenizer.resolve())
+    from olmo_flex_ext.data.tokens import TokenFiles
+
+    files = TokenFiles(data, np.uint16).fingerprint()
+    store.check_compatible(token_files=files, sequence_length=64, tokenizer=tok)
+    with pytest.raises(TopKStoreError, match="another tokenizer"):
+        store.check_compatible(token_files=files, sequence_length=64, tokenizer=TINY_TOKENIZER)

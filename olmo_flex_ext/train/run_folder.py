@@ -19,39 +19,21 @@ object stores.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-from olmo_core.distributed.utils import broadcast_object, get_rank
 from olmo_core.io import is_url
 from olmo_core.train.checkpoint import Checkpointer
 
 from .. import outputs
-from ..errors import UserError
+from ..outputs import on_rank0
 
-__all__ = ["claim_run_folder", "checkpoints_to_open", "check_start_checkpoints", "guard_run"]
-
-
-def _on_rank0(fn) -> None:
-    """Run ``fn`` on rank 0; with a process group every rank raises its :class:`UserError` if it
-    failed. Before the process group exists (the launcher checks before it starts one), rank 0
-    is the one with ``RANK=0`` and its failure ends the launch (torchrun stops the others)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        if int(os.environ.get("RANK", "0")) == 0:
-            fn()
-        return
-    error: Optional[str] = None
-    if get_rank() == 0:
-        try:
-            fn()
-        except UserError as e:
-            error = str(e)
-    error = broadcast_object(error)
-    if error is not None:
-        raise UserError(error)
+__all__ = [
+    "claim_run_folder",
+    "checkpoints_to_open",
+    "check_start_checkpoints",
+    "guard_run",
+]
 
 
 @contextlib.contextmanager
@@ -63,7 +45,7 @@ def claim_run_folder(save_folder: str, command: Optional[str] = None) -> Iterato
     with contextlib.ExitStack() as stack:
         # A relaunch whose rank 0 is on another host than the crashed run's waits for that
         # run's lock to go stale rather than refusing: resuming needs no manual step.
-        _on_rank0(lambda: stack.enter_context(outputs.claim_output(
+        on_rank0(lambda: stack.enter_context(outputs.claim_output(
             save_folder, kind="dir", resume=True, command=command,
             wait=outputs.STALE_AFTER + outputs.HEARTBEAT,
         )))  # fmt: skip
@@ -92,7 +74,7 @@ def check_start_checkpoints(save_folder: str, load_path: Optional[str], trainer_
         for ckpt in checkpoints_to_open(save_folder, load_path, trainer_load_path):
             check_for_olmo_core(ckpt)
 
-    _on_rank0(check)
+    on_rank0(check)
 
 
 @contextlib.contextmanager
