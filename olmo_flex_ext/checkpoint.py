@@ -37,12 +37,15 @@ from .errors import UserError
 from .outputs import claim_output
 from .safe_io import (
     DamagedFileError,
+    check_sizes,
     check_weight_files,
     first_user_error,
     read_dcp_metadata,
     safe_dcp_load,
     weight_file_digests,
 )
+from .stock.config import WIDTHS_KEY
+from .stock.state import StockConversion, reading_conversion
 
 __all__ = [
     "CONFIG_FILE",
@@ -61,8 +64,13 @@ __all__ = [
     "check_shapes",
     "atomic_output_dir",
     "check_output",
+    "write_dcp",
+    "read_dcp_entry",
+    "stored_model_config",
+    "stock_conversion",
     "verify_checkpoint",
     "checkpoint_inputs",
+    "open_weights",
 ]
 
 CONFIG_FILE = "config.json"
@@ -178,6 +186,39 @@ class atomic_output_dir:
             self._claim.__exit__(None, None, None)
 
 
+def write_dcp(directory: Union[str, Path], state: Mapping[str, Any]) -> None:
+    """Write ``state`` (nested dicts of tensors, :class:`LazyTensor` s and plain values; dotted
+    keys are fully qualified names) as a torch DCP in ``directory``, one lazy tensor in memory at
+    a time."""
+    lazy: Dict[str, LazyTensor] = {}
+
+    def placeholders(node: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for k, v in node.items():
+            if isinstance(v, Mapping):
+                out[k] = placeholders(v, f"{prefix}{k}.")
+            elif isinstance(v, LazyTensor):
+                lazy[prefix + k] = v
+                out[k] = v.placeholder()
+            else:
+                out[k] = v.detach().cpu() if isinstance(v, torch.Tensor) else v
+        return out
+
+    to_save = placeholders(state, "")
+    # One file per tensor: with one file per rank, memory still grew while streaming tensors
+    # read from another checkpoint (a 1.5 GB merge: +560 MB anonymous memory, flat with this).
+    writer = dcp.FileSystemWriter(
+        str(directory), thread_count=1, single_file_per_rank=False, per_thread_copy_ahead=0
+    )
+    planner = _LazySavePlanner(lazy)
+    try:
+        dcp.save(to_save, storage_writer=writer, planner=planner, no_dist=True)
+        planner.release()
+    except CheckpointException as e:
+        # DCP wraps errors raised while producing a lazy tensor; surface the user's error.
+        raise first_user_error(e) or e from None
+
+
 def save_model(
     out: Union[str, Path],
     model_config: TransformerConfig,
@@ -191,24 +232,8 @@ def save_model(
     :param state: Parameter name -> tensor or :class:`LazyTensor` (streamed one at a time).
     :param info: Extra JSON-able provenance stored under ``"olmo_flex"`` in ``config.json``.
     """
-    lazy = {MODEL_PREFIX + k: v for k, v in state.items() if isinstance(v, LazyTensor)}
-    to_save = {
-        k: (v.placeholder() if isinstance(v, LazyTensor) else v.detach().cpu())
-        for k, v in state.items()
-    }
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        # One file per tensor: with one file per rank, memory still grew while streaming tensors
-        # read from another checkpoint (a 1.5 GB merge: +560 MB anonymous memory, flat with this).
-        writer = dcp.FileSystemWriter(
-            str(tmp), thread_count=1, single_file_per_rank=False, per_thread_copy_ahead=0
-        )
-        planner = _LazySavePlanner(lazy)
-        try:
-            dcp.save({"model": to_save}, storage_writer=writer, planner=planner, no_dist=True)
-            planner.release()
-        except CheckpointException as e:
-            # DCP wraps errors raised while producing a lazy tensor; surface the user's error.
-            raise first_user_error(e) or e from None
+        write_dcp(tmp, {"model": dict(state)})
         config: Dict[str, Any] = {"model": model_config.as_config_dict()}
         if info:
             config["olmo_flex"] = info
@@ -260,19 +285,10 @@ def read_config(path: Union[str, Path]) -> Dict[str, Any]:
 
 
 def read_model_config(path: Union[str, Path]) -> TransformerConfig:
-    """The model config stored with a checkpoint."""
-    config = read_config(path)
-    where = resolve_checkpoint(path) / CONFIG_FILE
-    if not isinstance(config.get("model"), dict):
-        raise CheckpointError(f"{where} has no 'model' entry")
-    try:
-        return TransformerConfig.from_dict(config["model"])
-    except UserError:
-        raise
-    except Exception as e:
-        raise CheckpointError(
-            f"{where} holds no valid model config ({type(e).__name__}: {e})"
-        ) from None
+    """The model config of a checkpoint (for a stock OLMo-core MoE checkpoint: the variable-width
+    config it is read as, see :func:`stock_conversion`)."""
+    conversion = stock_conversion(path)
+    return conversion.config if conversion is not None else stored_model_config(path)
 
 
 def open_weights(path: Union[str, Path]) -> Tuple[Path, Any]:
@@ -283,8 +299,6 @@ def open_weights(path: Union[str, Path]) -> Tuple[Path, Any]:
     meta = read_dcp_metadata(wdir)
     key = (str(wdir.resolve()), id(meta))
     if key not in _SIZES_CHECKED:
-        from .safe_io import check_sizes
-
         check_sizes(wdir, meta)
         check_weight_files(wdir, read_config(p).get(WEIGHT_FILES) or {})
         _SIZES_CHECKED.add(key)
@@ -315,12 +329,17 @@ def verify_checkpoint(path: Union[str, Path]) -> str:
 
 
 def tensor_meta(path: Union[str, Path]) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
-    """Parameter name -> (shape, dtype) for the model weights of a checkpoint, from DCP metadata."""
+    """Parameter name -> (shape, dtype) for the model weights of a checkpoint, from DCP metadata
+    (the shapes they are read as)."""
+    conversion = stock_conversion(path)
     _, meta = open_weights(path)
     out = {}
     for key, m in meta.state_dict_metadata.items():
         if key.startswith(MODEL_PREFIX) and hasattr(m, "size"):
-            out[key[len(MODEL_PREFIX):]] = (tuple(m.size), m.properties.dtype)
+            name, shape = key[len(MODEL_PREFIX):], tuple(m.size)
+            if conversion is not None:
+                shape = conversion.read_shape(name, shape)
+            out[name] = (shape, m.properties.dtype)
     return out
 
 
@@ -330,21 +349,79 @@ def tensor_shapes(path: Union[str, Path]) -> Dict[str, Tuple[int, ...]]:
 
 
 def iter_tensors(path: Union[str, Path], names: Iterable[str]) -> Iterator[Tuple[str, torch.Tensor]]:
-    """Load the named model tensors of a checkpoint one at a time (for streaming tools).
+    """Load the named model tensors of a checkpoint one at a time (for streaming tools); the
+    expert tensors of a stock OLMo-core MoE checkpoint are converted as they are read.
 
     Works inside a process group too (each call reads on this rank only), so a training callback
     on rank 0 can stream a checkpoint while the other ranks wait.
     """
+    conversion = stock_conversion(path)
     wdir, metadata = open_weights(path)
     meta = metadata.state_dict_metadata
     for name in names:
         m = meta.get(MODEL_PREFIX + name)
         if m is None or not hasattr(m, "size"):
             raise CheckpointError(f"checkpoint {wdir} has no tensor {name}")
-        tensor = torch.empty(tuple(m.size), dtype=m.properties.dtype)
-        # Read on this rank only (no_dist), also inside a process group.
-        safe_dcp_load({"model": {name: tensor}}, wdir, collective=False)
-        yield name, tensor
+        tensor = read_dcp_entry(wdir, MODEL_PREFIX + name, m)
+        yield name, tensor if conversion is None else conversion.read(name, tensor)
+
+
+def read_dcp_entry(dcp_dir: Union[str, Path], fqn: str, meta: Any) -> Any:
+    """One entry of a DCP (``meta``: its storage metadata): a tensor, or a plain value, read on
+    this rank only (also inside a process group) through :class:`~olmo_flex_ext.safe_io.
+    SafeDCPReader`, so nothing in the file runs."""
+    if hasattr(meta, "size"):
+        tensor = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+        safe_dcp_load({fqn: tensor}, dcp_dir, collective=False)
+        return tensor
+    state: Dict[str, Any] = {fqn: None}
+    safe_dcp_load(state, dcp_dir, collective=False)
+    return state[fqn]
+
+
+# ---- stock OLMo-core MoE checkpoints (see olmo_flex_ext.stock) -------------------------------
+# A checkpoint of OLMo-core's own MoE model (MoEConfig, default or dropless type) is read as the
+# variable-width model: read_model_config gives the converted config, and tensor_meta,
+# iter_tensors, lazy_state and load_model convert each expert tensor as it is read. Which
+# conversion applies comes from config.json, never from tensor shapes.
+
+
+def stored_model_config(path: Union[str, Path]) -> TransformerConfig:
+    """The model config exactly as a checkpoint stores it (a stock MoE config stays stock)."""
+    config = read_config(path)
+    where = resolve_checkpoint(path) / CONFIG_FILE
+    if not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{where} has no 'model' entry")
+    try:
+        return TransformerConfig.from_dict(config["model"])
+    except UserError:
+        raise
+    except Exception as e:
+        raise CheckpointError(
+            f"{where} holds no valid model config ({type(e).__name__}: {e})"
+        ) from None
+
+
+def stock_conversion(path: Union[str, Path]) -> Optional[StockConversion]:
+    """How a stock OLMo-core MoE checkpoint is read as the variable-width model (raises for
+    features that model does not have); ``None`` for our checkpoints and dense models."""
+    recorded = (read_config(path).get("olmo_flex") or {}).get(WIDTHS_KEY)
+    where = f"checkpoint {resolve_checkpoint(path)}"
+    return reading_conversion(stored_model_config(path), recorded, where)
+
+
+def _set_full_tensor(target: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy a full (unsharded) tensor into a parameter, which may be a sharded DTensor."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(target, DTensor):
+        shard = distribute_tensor(full.to(target.dtype), target.device_mesh, target.placements)
+        target.to_local().copy_(shard.to_local())
+    else:
+        target.copy_(full)
+
+
+# ---- end of the stock section -----------------------------------------------------------------
 
 
 def lazy_state(path: Union[str, Path]) -> Dict[str, LazyTensor]:
@@ -379,7 +456,8 @@ def check_shapes(path: Union[str, Path], expected: Mapping[str, Tuple[int, ...]]
 
 def load_state_dict(model: Transformer, path: Union[str, Path]) -> None:
     """Load a checkpoint's weights into ``model`` in place (shapes must match); collective when
-    a process group exists, and ``model`` may be sharded (FSDP).
+    a process group exists, and ``model`` may be sharded (FSDP). Stock OLMo-core MoE checkpoints
+    whose stored layout differs from ours are converted one tensor at a time.
 
     Mirrors OLMo-core 3.0 ``load_model_and_optim_state`` (its model part, with the same
     state-dict options); changed: the checkpoint is read through
@@ -388,11 +466,20 @@ def load_state_dict(model: Transformer, path: Union[str, Path]) -> None:
     from torch.distributed.checkpoint import state_dict as dist_cp_sd
 
     check_shapes(path, {k: tuple(v.shape) for k, v in model.state_dict().items()})
-    wdir, _ = open_weights(path)
-    options = dist_cp_sd.StateDictOptions(full_state_dict=False, cpu_offload=True)
-    state = {"model": dist_cp_sd.get_model_state_dict(model, options=options)}
-    safe_dcp_load(state, wdir)
-    dist_cp_sd.set_model_state_dict(model, state["model"], options=dist_cp_sd.StateDictOptions(strict=True))
+    conversion = stock_conversion(path)
+    if conversion is None or conversion.identity:
+        wdir, _ = open_weights(path)
+        options = dist_cp_sd.StateDictOptions(full_state_dict=False, cpu_offload=True)
+        state = {"model": dist_cp_sd.get_model_state_dict(model, options=options)}
+        safe_dcp_load(state, wdir)
+        dist_cp_sd.set_model_state_dict(
+            model, state["model"], options=dist_cp_sd.StateDictOptions(strict=True)
+        )
+        return
+    params = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in iter_tensors(path, list(params)):
+            _set_full_tensor(params[name], tensor)
 
 
 def load_model(

@@ -16,6 +16,7 @@ from typing import List, Optional
 COMMAND_MODULES: List[str] = [
     "olmo_flex_ext.commands",
     "olmo_flex_ext.hf.commands",
+    "olmo_flex_ext.stock.commands",
     "olmo_flex_ext.prune.commands",
     "olmo_flex_ext.compose.commands",
     "olmo_flex_ext.distill.commands",

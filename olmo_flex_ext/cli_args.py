@@ -32,6 +32,7 @@ __all__ = [
     "checkpoint_input",
     "token_inputs",
     "claimed_output",
+    "report_written",
 ]
 
 TOKEN_DTYPES = ["uint16", "uint32"]
@@ -202,3 +203,11 @@ def claimed_output(
     with contextlib.ExitStack() as stack:
         on_rank0(lambda: stack.enter_context(claim_output(out, **settings)))  # type: ignore[arg-type]
         yield
+
+
+def report_written(what: str, out: str) -> int:
+    """Tell the user (on stderr) that ``what`` was written to ``out``; returns exit status 0."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"{what} -> {out}")
+    return 0

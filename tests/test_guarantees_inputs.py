@@ -195,6 +195,10 @@ BAD_ARGUMENTS = [
     Case("domain-embed-name-twice", lambda i, t: [
         "domain-embed", i.ck, "--data", f"a={i.glob}", "--data", f"a={i.glob}", "--seq-len", SEQ,
         "--num-seqs", 2, "--out", out(t, "e.safetensors")], ["'a' is given twice"]),
+    Case("import-olmo-core-of-our-own-checkpoint", lambda i, t: [
+        "import-olmo-core", i.ck, out(t)], ["is not a stock OLMo-core MoE checkpoint"]),
+    Case("export-olmo-core-narrow-experts-without-pad", lambda i, t: [
+        "export-olmo-core", i.ck, out(t), "--layout", "default"], ["--pad"]),
     Case("upcycle-zero-experts", lambda i, t: [
         "upcycle", i.ck, out(t), "--experts", 0], ["--experts must be at least 1"]),
     Case("upcycle-a-moe", lambda i, t: [

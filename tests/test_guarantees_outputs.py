@@ -105,6 +105,9 @@ CONFLICTS = [
         ["is the input {root}/tokenizer"]),
     Case("upcycle-out-is-the-dense-model", lambda i, t: [
         "upcycle", i.ck, i.ck, "--experts", 2, "--overwrite"], ["is the input {root}/ck"]),
+    Case("export-olmo-core-out-inside-the-run-folder", lambda i, t: [
+        "export-olmo-core", i.run, i.run / "stock", "--layout", "dropless"],
+        ["is inside the input {root}/run"]),
     Case("eval-out-inside-the-checkpoint", lambda i, t: [
         "eval", i.ck, "--out", i.ck / "eval"], ["is inside the input {root}/ck"]),
     Case("allocate-out-is-the-scores", lambda i, t: [

@@ -53,6 +53,13 @@ MIRRORS = [
          "thread_count=None"],
         "401744716f550a00",
     ),
+    (
+        "olmo_flex_ext.train.experiment:load_initial_weights",
+        "olmo_core.train:Trainer.load_checkpoint",
+        ["self", "dir", "load_trainer_state=None", "load_optim_state=None",
+         "reset_optimizer_states_on_load=None"],
+        "cf7b5fa9ff14372a",
+    ),
 ]
 
 

@@ -12,6 +12,7 @@ from ..cli_args import (
     checkpoint_input,
     claimed_output,
     int_list,
+    report_written,
 )
 
 
@@ -92,13 +93,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_info)
 
 
-def _done(what: str, out: str) -> int:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"{what} -> {out}")
-    return 0
-
-
 def _import(args) -> int:
     from . import import_hf
 
@@ -107,7 +101,7 @@ def _import(args) -> int:
             args.hf_dir, args.out, overwrite=args.overwrite, dtype=args.dtype,
             keep_padding=args.keep_padding,
         )
-    return _done("imported", args.out)
+    return report_written("imported", args.out)
 
 
 def _export(args) -> int:
@@ -119,7 +113,7 @@ def _export(args) -> int:
             args.src, args.out, tokenizer=args.tokenizer, overwrite=args.overwrite,
             max_shard_bytes=parse_size(args.max_shard_size), dtype=args.dtype,
         )
-    return _done("exported", args.out)
+    return report_written("exported", args.out)
 
 
 def _upcycle(args) -> int:
@@ -134,7 +128,7 @@ def _upcycle(args) -> int:
             router_from=args.router_from, seed=args.seed, overwrite=args.overwrite,
             top_k=args.top_k,
         )
-    return _done("upcycled", args.out)
+    return report_written("upcycled", args.out)
 
 
 def _info(args) -> int:

@@ -20,6 +20,7 @@ from olmo_core.nn.transformer import TransformerConfig
 
 from ..checkpoint import CheckpointError, LazyTensor
 from ..models import expert_widths_per_layer
+from ..nn.moe import EXPERT_WEIGHT_RE
 from .files import HFDir
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
     "cast",
 ]
 
-EXPERT_RE = re.compile(r"^blocks\.(\d+)\.feed_forward_moe\.experts\.mlp\.(w[123])$")
+EXPERT_RE = EXPERT_WEIGHT_RE
 _HF_EXPERT_RE = re.compile(r"\.mlp\.experts\.(\d+)\.")
 _LAYER_RE = re.compile(r"(?:blocks|layers)\.(\d+)\.")
 _IGNORED_HF = re.compile(r"rotary_emb\.inv_freq$")

@@ -12,6 +12,7 @@ from ..checkpoint import (
     read_config,
     read_model_config,
     resolve_checkpoint,
+    stock_conversion,
     tensor_meta,
     verify_checkpoint,
 )
@@ -81,13 +82,15 @@ def summarize(path: Union[str, Path], verify: bool = False) -> str:
     head = [f"{ckpt}: {kind}"]
     if made.get("made_by"):
         head[0] += f" (made by {made['made_by']} from {made.get('source', '?')})"
+    conversion = stock_conversion(ckpt)
+    stock = conversion.describe() if conversion is not None else []
     meta = tensor_meta(ckpt)
     dtypes = Counter(str(d).removeprefix("torch.") for _, d in meta.values())
     stored = f"stored: {len(meta)} tensors, " + ", ".join(
         f"{n} {d}" for d, n in dtypes.most_common()
     )
     checked = [f"verified: {verify_checkpoint(ckpt)}"] if verify else []
-    return "\n".join(head + architecture(config) + [stored] + checked)
+    return "\n".join(head + stock + architecture(config) + [stored] + checked)
 
 
 def verify_hf(hf: HFDir) -> str:

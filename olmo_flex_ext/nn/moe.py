@@ -18,8 +18,9 @@ built model): routing then runs over the remaining experts with ``top_k = min(to
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -43,7 +44,18 @@ __all__ = [
     "ExpertProbe",
     "ExpertRouting",
     "validate_widths",
+    "EXPERT_WEIGHT_RE",
+    "expert_weight",
 ]
+
+EXPERT_WEIGHT_RE = re.compile(r"^blocks\.(\d+)\.feed_forward_moe\.experts\.mlp\.(w[123])$")
+"""State-dict name of an expert weight: groups (layer, ``w1``/``w2``/``w3``)."""
+
+
+def expert_weight(name: str) -> Optional[Tuple[int, str]]:
+    """``(layer, "w1"|"w2"|"w3")`` for the name of an expert weight, else ``None``."""
+    m = EXPERT_WEIGHT_RE.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
 
 
 def validate_widths(widths: Sequence[int], num_experts: int, top_k: int) -> None:

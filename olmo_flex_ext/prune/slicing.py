@@ -14,7 +14,6 @@ One slicing function serves both paths:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -23,6 +22,7 @@ from olmo_core.nn.transformer import Transformer, TransformerConfig
 
 from ..checkpoint import LazyTensor, lazy_state, read_model_config, save_model
 from ..models import expert_widths_per_layer, with_expert_widths
+from ..nn.moe import EXPERT_WEIGHT_RE
 
 __all__ = [
     "EXPERT_WEIGHT_RE",
@@ -35,7 +35,6 @@ __all__ = [
     "check_keep",
 ]
 
-EXPERT_WEIGHT_RE = re.compile(r"^blocks\.(\d+)\.feed_forward_moe\.experts\.mlp\.(w1|w2|w3)$")
 
 Keep = Sequence[Sequence[torch.Tensor]]
 """Per layer, per expert: ascending indices of the neurons to keep."""

@@ -27,7 +27,13 @@ from olmo_core.train.callbacks import ConfigSaverCallback
 from olmo_core.train.train_module import TransformerTrainModuleConfig
 from olmo_core.utils import seed_all
 
-from ..checkpoint import check_shapes, resolve_checkpoint
+from ..checkpoint import (
+    check_shapes,
+    list_steps,
+    load_state_dict,
+    resolve_checkpoint,
+    stock_conversion,
+)
 
 __all__ = [
     "ExperimentConfig",
@@ -39,6 +45,8 @@ __all__ = [
     "parse_override",
     "distributed_backend",
     "process_group",
+    "load_initial_weights",
+    "check_resumable",
 ]
 
 log = logging.getLogger(__name__)
@@ -329,12 +337,13 @@ def _train(config: ExperimentConfig) -> Trainer:
         if isinstance(callback, ConfigSaverCallback):  # also hands the config to W&B
             callback.config = config.as_config_dict()
 
+    check_resumable(config.trainer.save_folder)
     resumed = trainer.maybe_load_checkpoint()
     if not resumed and config.load_path:
         init = resolve_checkpoint(config.load_path)
         check_shapes(init, shapes)
         log.info("Fresh run: loading initial weights from %s", init)
-        trainer.load_checkpoint(str(init), load_trainer_state=False, load_optim_state=False)
+        load_initial_weights(trainer, init)
     if resumed and finished(trainer):
         # Trainer.fit() on a finished multi-rank run can deadlock (its cancel check and first
         # metrics reduction race on one process group), and there is nothing left to do.
@@ -342,6 +351,44 @@ def _train(config: ExperimentConfig) -> Trainer:
         return trainer
     trainer.fit()
     return trainer
+
+
+def load_initial_weights(trainer: Trainer, init: Path) -> None:
+    """The weights of the checkpoint ``init`` into the trainer's model, without trainer or
+    optimizer state. A stock OLMo-core MoE checkpoint whose expert layout differs from ours is
+    converted one tensor at a time while it is read.
+
+    Mirrors OLMo-core 3.0 ``Trainer.load_checkpoint`` with ``load_trainer_state=False`` and
+    ``load_optim_state=False`` for such a checkpoint (its DCP loader cannot convert): weights
+    loaded, then the callbacks' ``post_checkpoint_loaded`` and the trainer's checkpoint-loaded
+    flag (which the pruning callback reads); its load-duration metric is left out.
+    """
+    conversion = stock_conversion(init)
+    if conversion is None or conversion.identity:
+        trainer.load_checkpoint(str(init), load_trainer_state=False, load_optim_state=False)
+        return
+    load_state_dict(trainer.train_module.model, init)
+    # What Trainer.load_checkpoint (OLMo-core 3.0) does after loading weights: the callbacks
+    # hear of it, and the trainer counts its initial weights as loaded from a checkpoint.
+    for callback in trainer.callbacks.values():
+        callback.post_checkpoint_loaded(str(init))
+    trainer._checkpoint_loaded = True
+
+
+def check_resumable(save_folder: str) -> None:
+    """Refuse to resume from a run folder whose latest checkpoint stock OLMo-core wrote with an
+    expert layout the variable-width model cannot load directly (OLMo-core would fail on shapes)."""
+    if is_url(save_folder) or not list_steps(save_folder):
+        return
+    conversion = stock_conversion(save_folder)
+    if conversion is not None and not conversion.identity:
+        raise OLMoConfigurationError(
+            f"the run folder {save_folder} holds stock OLMo-core MoE checkpoints whose experts "
+            "are stored in another layout; convert the run first with `olmo-flex "
+            f"import-olmo-core {save_folder} NEW_RUN` and train with "
+            "--trainer.save_folder=NEW_RUN (weights, optimizer state, step and data position "
+            "are kept)"
+        )
 
 
 def finished(trainer: Trainer) -> bool:
