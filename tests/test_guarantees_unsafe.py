@@ -79,7 +79,7 @@ COMMANDS = [
         "--out", t / "e.safetensors"], [UNSAFE]),
     Case("upcycle", lambda i, t: ["upcycle", evil_ck(i, t), t / "out", "--experts", 2], [UNSAFE]),
     Case("export-olmo-core", lambda i, t: [
-        "export-olmo-core", evil_ck(i, t), t / "out", "--layout", "dropless"], [UNSAFE]),
+        "export-olmo-core", evil_ck(i, t), t / "out", "--layout", "dropless", "--pad"], [UNSAFE]),
     Case("train-load-path", lambda i, t: train(
         i, t, f"--load_path={evil_ck(i, t)}", f"--trainer.save_folder={t / 'run'}"), [UNSAFE]),
     Case("train-resume-forged-metadata", lambda i, t: train(

@@ -19,6 +19,7 @@ import torch
 
 from ..checkpoint import (
     CONFIG_FILE,
+    WEIGHT_FILES,
     LazyTensor,
     atomic_output_dir,
     check_output,
@@ -33,7 +34,7 @@ from ..checkpoint import (
 from ..nn.moe import expert_weight
 from ..outputs import check_not_input
 from ..progress import progress_bar
-from ..safe_io import read_dcp_metadata
+from ..safe_io import read_dcp_metadata, weight_file_digests
 from .config import WIDTHS_KEY, StockError, recorded_widths
 from .state import StockConversion, writing_conversion
 
@@ -116,6 +117,7 @@ def convert_checkpoint(
     replaced = ("made_by", "source", "layout", "stock_layout", WIDTHS_KEY)
     kept = {k: v for k, v in (config.get("olmo_flex") or {}).items() if k not in replaced}
     config = {**config, "model": model, "olmo_flex": {**kept, **info}}
+    config.pop(WEIGHT_FILES, None)  # the source's; the new files are recorded below
     trainer = (ckpt / TRAINER_WEIGHTS).is_dir()
     src_dcp = ckpt / TRAINER_WEIGHTS if trainer else ckpt
     entries = read_dcp_metadata(src_dcp).state_dict_metadata.values()
@@ -134,6 +136,7 @@ def convert_checkpoint(
                     shutil.copytree(item, target / item.name, symlinks=True)
                 else:
                     shutil.copy2(item, target / item.name)
+        config[WEIGHT_FILES] = weight_file_digests(dcp_out)
         (target / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     return Path(out)
 
