@@ -162,6 +162,7 @@ class atomic_output_dir:
         self._claim: Any = None
 
     def __enter__(self) -> Path:
+        check_output(self.out, self.overwrite)
         self._claim = claim_output(self.out, overwrite=self.overwrite, kind="dir")
         self._claim.__enter__()
         try:
