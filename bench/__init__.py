@@ -23,7 +23,9 @@ __all__ = [
     "CLOCKS",
 ]
 
-BENCHMARKS: List[str] = ["bench.moe", "bench.routing", "bench.importance", "bench.distill"]
+BENCHMARKS: List[str] = [
+    "bench.moe", "bench.routing", "bench.importance", "bench.distill", "bench.checks"
+]
 """Ratio benchmarks (modules with a ``main()``), run in this order by ``python -m bench``."""
 
 MEMORY_BENCHMARKS: List[str] = ["bench.hf_import", "bench.prune", "bench.merge_memory"]

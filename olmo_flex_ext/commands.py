@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_help=False,
     )
     p.add_argument("argv", nargs=argparse.REMAINDER)
-    p.set_defaults(run=lambda a: _launch(a.argv))
+    p.set_defaults(run=lambda a: _launch(a.argv + (["--verbose"] if a.verbose else [])))
 
     p = sub.add_parser("models", help="list named model configs and their parameter counts")
     p.add_argument("name", nargs="?", help="show one config in full, e.g. flex-2x7b-5504")
