@@ -7,7 +7,12 @@ have the same ``config.json`` next to ``model_and_optim/``.
 
 :func:`save_model` writes atomically (temp dir, then rename) and can stream: values may be
 :class:`LazyTensor` s that are only materialised one at a time while the DCP is written, so
-converting or pruning a 7B checkpoint needs memory for about one tensor, not the model.
+converting or pruning a 7B checkpoint needs memory for about one tensor, not the model. It
+records the size and SHA-256 of every weight file in ``config.json`` (``"weight_files"``).
+
+Nothing here unpickles a file without restrictions: DCP metadata and tensors are read through
+:mod:`olmo_flex_ext.safe_io`, which also checks the weight files' sizes on every read (their
+hashes with :func:`verify_checkpoint`).
 """
 
 from __future__ import annotations
@@ -22,15 +27,23 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 
 import torch
 import torch.distributed.checkpoint as dcp
-from olmo_core.distributed.checkpoint import get_checkpoint_metadata
-from olmo_core.distributed.checkpoint.filesystem import RemoteFileSystemReader
 from olmo_core.nn.transformer import Transformer, TransformerConfig
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
-from torch.distributed.checkpoint.planner import ReadItem, WriteItem
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.planner import WriteItem
 
 from .atomic import move_into_place
 from .errors import UserError
+from .outputs import claim_output
+from .safe_io import (
+    DamagedFileError,
+    check_sizes,
+    check_weight_files,
+    first_user_error,
+    read_dcp_metadata,
+    safe_dcp_load,
+    weight_file_digests,
+)
 from .stock.config import WIDTHS_KEY
 from .stock.state import StockConversion, reading_conversion
 
@@ -55,9 +68,13 @@ __all__ = [
     "read_dcp_entry",
     "stored_model_config",
     "stock_conversion",
+    "verify_checkpoint",
+    "checkpoint_inputs",
+    "open_weights",
 ]
 
 CONFIG_FILE = "config.json"
+WEIGHT_FILES = "weight_files"
 MODEL_PREFIX = "model."
 
 
@@ -118,36 +135,56 @@ class _LazySavePlanner(DefaultSavePlanner):
 
 
 def check_output(out: Union[str, Path], overwrite: bool = False) -> None:
-    """Raise :class:`CheckpointError` if ``out`` exists and may not be replaced (call it before
-    long work; :class:`atomic_output_dir` checks again)."""
+    """Raise :class:`CheckpointError` if ``out`` exists and may not be replaced (commands claim
+    their outputs with :func:`olmo_flex_ext.outputs.claim_output`, which checks this and more)."""
     if Path(out).exists() and not overwrite:
         raise CheckpointError(f"output {out} already exists; choose another path or pass --overwrite")
+
+
+def checkpoint_inputs(path: Union[str, Path]) -> List[Path]:
+    """The paths a checkpoint argument stands for (as given, and the ``stepN/`` it resolves to),
+    which no output may be, contain or lie inside."""
+    return [Path(path), resolve_checkpoint(path)]
 
 
 class atomic_output_dir:
     """Context manager yielding a temp dir next to ``out`` that becomes ``out`` on success.
 
     On error the temp dir is removed and ``out`` is left as it was. An existing ``out`` is an
-    error unless ``overwrite``; then it is replaced only after the new one is complete.
+    error unless ``overwrite``; then it is replaced only after the new one is complete. ``out``
+    is claimed (:func:`~olmo_flex_ext.outputs.claim_output`) unless this process already holds it.
     """
 
     def __init__(self, out: Union[str, Path], overwrite: bool = False):
         self.out = Path(out)
         self.overwrite = overwrite
         self.tmp: Optional[Path] = None
+        self._claim: Any = None
 
     def __enter__(self) -> Path:
         check_output(self.out, self.overwrite)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        self._claim = claim_output(self.out, overwrite=self.overwrite, kind="dir")
+        self._claim.__enter__()
+        try:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        except BaseException:
+            self._claim.__exit__(None, None, None)
+            raise
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.tmp is not None
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        move_into_place(self.tmp, self.out)
+        try:
+            if exc_type is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return
+            try:
+                move_into_place(self.tmp, self.out, overwrite=self.overwrite)
+            except BaseException:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise
+        finally:
+            self._claim.__exit__(None, None, None)
 
 
 def write_dcp(directory: Union[str, Path], state: Mapping[str, Any]) -> None:
@@ -180,10 +217,7 @@ def write_dcp(directory: Union[str, Path], state: Mapping[str, Any]) -> None:
         planner.release()
     except CheckpointException as e:
         # DCP wraps errors raised while producing a lazy tensor; surface the user's error.
-        for exc, _ in e.failures.values():
-            if isinstance(exc, UserError):
-                raise exc from None
-        raise
+        raise first_user_error(e) or e from None
 
 
 def save_model(
@@ -204,6 +238,7 @@ def save_model(
         config: Dict[str, Any] = {"model": model_config.as_config_dict()}
         if info:
             config["olmo_flex"] = info
+        config[WEIGHT_FILES] = weight_file_digests(tmp)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     return Path(out)
 
@@ -242,9 +277,12 @@ def read_config(path: Union[str, Path]) -> Dict[str, Any]:
     """The whole ``config.json`` of a checkpoint."""
     p = resolve_checkpoint(path)
     try:
-        return json.loads((p / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{p / CONFIG_FILE} is not valid JSON ({e})") from e
+        config = json.loads((p / CONFIG_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{p / CONFIG_FILE} is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{p / CONFIG_FILE} is not a checkpoint config (a JSON object)")
+    return config
 
 
 def read_model_config(path: Union[str, Path]) -> TransformerConfig:
@@ -254,11 +292,48 @@ def read_model_config(path: Union[str, Path]) -> TransformerConfig:
     return conversion.config if conversion is not None else stored_model_config(path)
 
 
+def open_weights(path: Union[str, Path]) -> Tuple[Path, Any]:
+    """The DCP directory of a checkpoint and its metadata, read safely, with the weight files'
+    sizes checked against the metadata and against ``config.json``'s record."""
+    p = resolve_checkpoint(path)
+    wdir = weights_dir(p)
+    meta = read_dcp_metadata(wdir)
+    key = (str(wdir.resolve()), id(meta))
+    if key not in _SIZES_CHECKED:
+        check_sizes(wdir, meta)
+        check_weight_files(wdir, read_config(p).get(WEIGHT_FILES) or {})
+        _SIZES_CHECKED.add(key)
+    return wdir, meta
+
+
+_SIZES_CHECKED: set = set()
+
+
+def verify_checkpoint(path: Union[str, Path]) -> str:
+    """Check every weight file of a checkpoint: against the SHA-256 recorded when it was written
+    (model-only checkpoints), or, without a record (trainer checkpoints), by reading every
+    model tensor and checking that it is finite. Returns what was checked."""
+    p = resolve_checkpoint(path)
+    wdir, _ = open_weights(p)
+    recorded = read_config(p).get(WEIGHT_FILES)
+    if recorded:
+        check_weight_files(wdir, recorded, hashes=True)
+        return f"{len(recorded)} weight files match their recorded SHA-256"
+    names = list(tensor_meta(p))
+    for name, tensor in iter_tensors(p, names):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise DamagedFileError(
+                f"tensor {name} of {wdir} has {bad:,d} NaN or infinite values"
+            )
+    return f"{len(names)} tensors read and finite (no recorded hashes)"
+
+
 def tensor_meta(path: Union[str, Path]) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
     """Parameter name -> (shape, dtype) for the model weights of a checkpoint, from DCP metadata
     (the shapes they are read as)."""
     conversion = stock_conversion(path)
-    meta = get_checkpoint_metadata(str(weights_dir(path)))
+    _, meta = open_weights(path)
     out = {}
     for key, m in meta.state_dict_metadata.items():
         if key.startswith(MODEL_PREFIX) and hasattr(m, "size"):
@@ -282,8 +357,8 @@ def iter_tensors(path: Union[str, Path], names: Iterable[str]) -> Iterator[Tuple
     on rank 0 can stream a checkpoint while the other ranks wait.
     """
     conversion = stock_conversion(path)
-    wdir = str(weights_dir(path))
-    meta = get_checkpoint_metadata(wdir).state_dict_metadata
+    wdir, metadata = open_weights(path)
+    meta = metadata.state_dict_metadata
     for name in names:
         m = meta.get(MODEL_PREFIX + name)
         if m is None or not hasattr(m, "size"):
@@ -292,34 +367,17 @@ def iter_tensors(path: Union[str, Path], names: Iterable[str]) -> Iterator[Tuple
         yield name, tensor if conversion is None else conversion.read(name, tensor)
 
 
-class _SafeLoadPlanner(DefaultLoadPlanner):
-    # DCP unpickles its non-tensor entries with torch.load(weights_only=False), which can run
-    # code from the file; a checkpoint a user gives us is read with the weights-only unpickler
-    # (plain values, containers and tensors) instead.
-    def __init__(self) -> None:
-        super().__init__(flatten_state_dict=False)
-
-    def load_bytes(self, read_item: ReadItem, value) -> None:
-        self.state_dict[read_item.dest_index.fqn] = torch.load(value, weights_only=True)
-
-
 def read_dcp_entry(dcp_dir: Union[str, Path], fqn: str, meta: Any) -> Any:
-    """One entry of a DCP (``meta``: its storage metadata): a tensor, or a plain value read
-    without running code from the file."""
-    # Reading on this rank only: olmo_core's load_keys refuses to run while a process group
-    # exists. Its reader is needed: trainer checkpoints are written with its storage layout.
-    reader = RemoteFileSystemReader(str(dcp_dir))
+    """One entry of a DCP (``meta``: its storage metadata): a tensor, or a plain value, read on
+    this rank only (also inside a process group) through :class:`~olmo_flex_ext.safe_io.
+    SafeDCPReader`, so nothing in the file runs."""
     if hasattr(meta, "size"):
         tensor = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
-        dcp.load({fqn: tensor}, storage_reader=reader, no_dist=True)
+        safe_dcp_load({fqn: tensor}, dcp_dir, collective=False)
         return tensor
     state: Dict[str, Any] = {fqn: None}
-    planner = _SafeLoadPlanner()
-    try:
-        dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
-    except CheckpointException as e:
-        raise CheckpointError(f"{dcp_dir}: entry {fqn} cannot be read as a plain value ({e})") from e
-    return planner.state_dict[fqn]
+    safe_dcp_load(state, dcp_dir, collective=False)
+    return state[fqn]
 
 
 # ---- stock OLMo-core MoE checkpoints (see olmo_flex_ext.stock) -------------------------------
@@ -332,9 +390,17 @@ def read_dcp_entry(dcp_dir: Union[str, Path], fqn: str, meta: Any) -> Any:
 def stored_model_config(path: Union[str, Path]) -> TransformerConfig:
     """The model config exactly as a checkpoint stores it (a stock MoE config stays stock)."""
     config = read_config(path)
-    if "model" not in config:
-        raise CheckpointError(f"{resolve_checkpoint(path) / CONFIG_FILE} has no 'model' entry")
-    return TransformerConfig.from_dict(config["model"])
+    where = resolve_checkpoint(path) / CONFIG_FILE
+    if not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{where} has no 'model' entry")
+    try:
+        return TransformerConfig.from_dict(config["model"])
+    except UserError:
+        raise
+    except Exception as e:
+        raise CheckpointError(
+            f"{where} holds no valid model config ({type(e).__name__}: {e})"
+        ) from None
 
 
 def stock_conversion(path: Union[str, Path]) -> Optional[StockConversion]:
@@ -390,14 +456,26 @@ def check_shapes(path: Union[str, Path], expected: Mapping[str, Tuple[int, ...]]
 
 
 def load_state_dict(model: Transformer, path: Union[str, Path]) -> None:
-    """Load a checkpoint's weights into ``model`` in place (shapes must match). Stock OLMo-core
-    MoE checkpoints whose stored layout differs from ours are converted one tensor at a time."""
-    from olmo_core.distributed.checkpoint import load_model_and_optim_state
+    """Load a checkpoint's weights into ``model`` in place (shapes must match); collective when
+    a process group exists, and ``model`` may be sharded (FSDP). Stock OLMo-core MoE checkpoints
+    whose stored layout differs from ours are converted one tensor at a time.
+
+    Mirrors OLMo-core 3.0 ``load_model_and_optim_state`` (its model part, with the same
+    state-dict options); changed: the checkpoint is read through
+    :class:`~olmo_flex_ext.safe_io.SafeDCPReader` (OLMo-core's reader unpickles metadata and
+    tensors without restrictions)."""
+    from torch.distributed.checkpoint import state_dict as dist_cp_sd
 
     check_shapes(path, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     conversion = stock_conversion(path)
     if conversion is None or conversion.identity:
-        load_model_and_optim_state(str(weights_dir(path)), model)
+        wdir, _ = open_weights(path)
+        options = dist_cp_sd.StateDictOptions(full_state_dict=False, cpu_offload=True)
+        state = {"model": dist_cp_sd.get_model_state_dict(model, options=options)}
+        safe_dcp_load(state, wdir)
+        dist_cp_sd.set_model_state_dict(
+            model, state["model"], options=dist_cp_sd.StateDictOptions(strict=True)
+        )
         return
     params = model.state_dict()
     # Expert weights kept as row blocks (expert-only training) appear in the state dict as a

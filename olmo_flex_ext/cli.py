@@ -26,10 +26,20 @@ COMMAND_MODULES: List[str] = [
 ]
 
 
+# Commands whose output is a training log: they set up logging themselves (the launcher quiets
+# libraries only while it loads the config; the demo's stages log to files).
+LOGGING_COMMANDS = {"train", "demo"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="olmo-flex",
         description="Prune, distill and compose FlexOlmo experts of any width (OLMo-core).",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="show library warnings and logs (given anywhere on the command line; by default a "
+        "command prints only its own output, and a failing one a single error: line)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
@@ -38,14 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .errors import user_errors
+    from .errors import quiet_libraries, user_errors
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    verbose = "--verbose" in argv[:end]
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "takes_overrides", False):
+    args, extra = parser.parse_known_args(
+        [a for i, a in enumerate(argv) if a != "--verbose" or i >= end]
+    )
+    if extra and not getattr(args, "takes_overrides", False):  # dotted overrides (plan)
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
-    with user_errors():
+    args.verbose = verbose
+    quiet = not verbose and args.command not in LOGGING_COMMANDS
+    with user_errors(verbose), quiet_libraries(quiet):
         return int(args.run(args) or 0)
 
 

@@ -8,8 +8,10 @@ Only argparse and the standard library at import time: every command module impo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-from typing import TYPE_CHECKING, Iterable, List, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence, Union
 
 if TYPE_CHECKING:
     import torch
@@ -19,6 +21,7 @@ __all__ = [
     "WEIGHT_DTYPES",
     "add_checkpoint",
     "add_overwrite",
+    "add_verify",
     "add_token_data",
     "add_weight_dtype",
     "add_device",
@@ -26,6 +29,9 @@ __all__ = [
     "require_positive",
     "torch_dtype",
     "command_device",
+    "checkpoint_input",
+    "token_inputs",
+    "claimed_output",
     "report_written",
 ]
 
@@ -43,7 +49,18 @@ def add_checkpoint(
 
 
 def add_overwrite(p: argparse.ArgumentParser, what: str = "the output") -> None:
-    p.add_argument("--overwrite", action="store_true", help=f"replace {what} if it exists")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help=f"replace {what} if it exists (once the new one is complete; never an input)",
+    )
+
+
+def add_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--verify", action="store_true",
+        help="first check every weight file of the input checkpoint(s) against the SHA-256 "
+        "recorded when it was written (reads them once; sizes are always checked)",
+    )
 
 
 def add_token_data(
@@ -142,6 +159,50 @@ def command_device(name: Optional[str] = None) -> "torch.device":
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     torch.cuda.set_device(device)
     return device
+
+
+# ---- inputs and outputs ------------------------------------------------------------------------
+
+
+def checkpoint_input(path: str, verify: bool = False) -> List[Path]:
+    """The paths a checkpoint argument stands for (for :func:`claimed_output`'s ``inputs``),
+    after checking it is a checkpoint; with ``verify``, its weight files' hashes too."""
+    from .checkpoint import checkpoint_inputs, verify_checkpoint
+
+    paths = checkpoint_inputs(path)
+    if verify:
+        verify_checkpoint(path)
+    return paths
+
+
+def token_inputs(globs: Union[str, Sequence[str]]) -> List[str]:
+    """The token files ``--data`` names (checked to exist)."""
+    from .data.tokens import expand_paths
+
+    return expand_paths(globs)
+
+
+@contextlib.contextmanager
+def claimed_output(
+    args: argparse.Namespace,
+    out: Union[str, Path],
+    *,
+    inputs: Iterable[Union[str, Path]] = (),
+    kind: str = "dir",
+    resume: bool = False,
+) -> Iterator[None]:
+    """Hold this command's output ``out`` (:func:`olmo_flex_ext.outputs.claim_output`: never an
+    input, one writer, checked writable) until the block ends. Under torchrun rank 0 holds it and
+    every rank stops with its error."""
+    from .outputs import claim_output, on_rank0
+
+    settings = dict(
+        inputs=list(inputs), overwrite=bool(getattr(args, "overwrite", False)), kind=kind,
+        resume=resume, command=f"olmo-flex {getattr(args, 'command', '')}".strip(),
+    )  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        on_rank0(lambda: stack.enter_context(claim_output(out, **settings)))  # type: ignore[arg-type]
+        yield
 
 
 def report_written(what: str, out: str) -> int:

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_help=False,
     )
     p.add_argument("argv", nargs=argparse.REMAINDER)
-    p.set_defaults(run=lambda a: _launch(a.argv))
+    p.set_defaults(run=lambda a: _launch(a.argv + (["--verbose"] if a.verbose else [])))
 
     p = sub.add_parser(
         "plan",

@@ -10,12 +10,13 @@ with the same ``trainer.save_folder`` resumes from its latest checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import List, Optional
 
 from rich.console import Console
 
-from .errors import user_errors
+from .errors import quiet_libraries, user_errors
 
 __all__ = ["main", "describe", "cpu_threads"]
 
@@ -48,33 +49,39 @@ def parse_args(argv: Optional[List[str]] = None):
     )
     parser.add_argument("config", help="train config file, e.g. train_configs/tiny_flex.py")
     parser.add_argument("--dry-run", action="store_true", help="print the config and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show library warnings while the config loads, and tracebacks")
     return parser.parse_known_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args, overrides = parse_args(argv)
     console = Console()
-    with user_errors():
-        from .train.experiment import check_parallelism, load_experiment
+    with contextlib.ExitStack() as guard:
+        with user_errors(verbose=args.verbose), quiet_libraries(not args.verbose):
+            from .train.experiment import check_parallelism, load_experiment
+            from .train.run_folder import guard_run
 
-        config = load_experiment(args.config, overrides)
-        check_parallelism(config)
-        if args.dry_run:
-            console.print(config)
-            console.print(describe(config))
-            return 0
+            config = load_experiment(args.config, overrides)
+            check_parallelism(config)
+            if args.dry_run:
+                console.print(config)
+                console.print(describe(config))
+                return 0
+            # The run folder's lock and the checkpoints to open, before anything starts.
+            guard.enter_context(guard_run(config))
 
-    from olmo_core.train import prepare_training_environment, teardown_training_environment
+        from olmo_core.train import prepare_training_environment, teardown_training_environment
 
-    from .train.experiment import distributed_backend, train
+        from .train.experiment import distributed_backend, train
 
-    cpu_threads()
-    prepare_training_environment(backend=distributed_backend())
-    try:
-        with user_errors():
-            train(config)
-    finally:
-        teardown_training_environment()
+        cpu_threads()
+        prepare_training_environment(backend=distributed_backend())
+        try:
+            with user_errors(verbose=args.verbose):
+                train(config)
+        finally:
+            teardown_training_environment()
     return 0
 
 

@@ -14,3 +14,13 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import torch  # noqa: E402  (after OMP_NUM_THREADS, which torch reads when it starts)
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def guarantee_inputs(tmp_path_factory):
+    """Valid inputs of every kind for the guarantee tests (tests/guarantees_helpers.py)."""
+    from guarantees_helpers import build_inputs
+
+    return build_inputs(tmp_path_factory.mktemp("inputs"))

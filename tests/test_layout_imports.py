@@ -13,7 +13,7 @@ from typing import Dict, List, Set
 
 PACKAGE = Path(__file__).resolve().parents[1] / "olmo_flex_ext"
 
-BASE = {"errors", "atomic", "progress", "lazy"}
+BASE = {"errors", "atomic", "outputs", "progress", "lazy"}
 ENTRY = {"cli", "cli_args", "commands", "launch", "demo"}
 LAYERS = ("base", "library", "recipes", "entry")
 

@@ -46,6 +46,14 @@ MIRRORS = [
         "624493bb4a599797",
     ),
     (
+        "olmo_flex_ext.checkpoint:load_state_dict",
+        "olmo_core.distributed.checkpoint:load_model_and_optim_state",
+        ["dir", "model", "optim=None", "process_group=None", "key_mapping=None",
+         "pre_download=False", "work_dir=None", "strict=True", "flatten_optimizer_state=False",
+         "thread_count=None"],
+        "401744716f550a00",
+    ),
+    (
         "olmo_flex_ext.train.experiment:load_initial_weights",
         "olmo_core.train:Trainer.load_checkpoint",
         ["self", "dir", "load_trainer_state=None", "load_optim_state=None",

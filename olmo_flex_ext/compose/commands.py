@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Dict, List
 
-from ..cli_args import add_checkpoint, add_overwrite, add_token_data, int_list
+from ..cli_args import (
+    add_checkpoint,
+    add_overwrite,
+    add_token_data,
+    add_verify,
+    checkpoint_input,
+    claimed_output,
+    int_list,
+    token_inputs,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "expert (public first) or one per input",
     )
     add_overwrite(p)
+    add_verify(p)
     p.set_defaults(run=_merge)
 
     p = sub.add_parser(
@@ -42,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output model-only checkpoint directory")
     p.add_argument("--drop", action="store_true", help="remove the experts' weights")
     add_overwrite(p)
+    add_verify(p)
     p.set_defaults(run=_opt_out)
 
     p = sub.add_parser(
@@ -62,19 +73,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", action="store_true", help="scale each vector to unit L2 norm")
     p.add_argument("--out", required=True, help="output .safetensors file")
     add_overwrite(p)
+    add_verify(p)
     p.set_defaults(run=_domain_embed)
 
 
 def _merge(args) -> int:
     from .merge import merge_experts
 
-    out = merge_experts(
-        args.checkpoints,
-        args.out,
-        top_k=args.top_k,
-        router_from=args.router_from,
-        overwrite=args.overwrite,
-    )
+    inputs = [q for c in args.checkpoints for q in checkpoint_input(c, args.verify)]
+    with claimed_output(args, args.out, inputs=inputs + list(args.router_from or [])):
+        out = merge_experts(
+            args.checkpoints,
+            args.out,
+            top_k=args.top_k,
+            router_from=args.router_from,
+            overwrite=args.overwrite,
+        )
     print(f"merged {len(args.checkpoints)} experts -> {out}")
     return 0
 
@@ -88,7 +102,11 @@ def _opt_out(args) -> int:
     from .optout import write_opt_out
 
     experts = args.experts
-    out = write_opt_out(args.checkpoint, args.out, experts, drop=args.drop, overwrite=args.overwrite)
+    inputs = checkpoint_input(args.checkpoint, args.verify)
+    with claimed_output(args, args.out, inputs=inputs):
+        out = write_opt_out(
+            args.checkpoint, args.out, experts, drop=args.drop, overwrite=args.overwrite
+        )
     verb = "dropped" if args.drop else "switched off"
     print(f"experts {experts or 'none'} {verb} -> {out}")
     return 0
@@ -109,19 +127,21 @@ def _domains(specs: List[str]) -> Dict[str, str]:
 
 
 def _domain_embed(args) -> int:
-    from ..checkpoint import check_output
     from .embeddings import compute_domain_embeddings, save_domain_embeddings
 
-    check_output(args.out, args.overwrite)  # before the long pass
-    emb = compute_domain_embeddings(
-        args.checkpoint,
-        _domains(args.data),
-        seq_len=args.seq_len,
-        num_seqs=args.num_seqs,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-        normalize=args.normalize,
-    )
-    out = save_domain_embeddings(args.out, emb, overwrite=args.overwrite)
+    domains = _domains(args.data)
+    inputs = checkpoint_input(args.checkpoint, args.verify)
+    inputs += [f for glob in domains.values() for f in token_inputs(glob)]
+    with claimed_output(args, args.out, inputs=inputs, kind="file"):  # before the long pass
+        emb = compute_domain_embeddings(
+            args.checkpoint,
+            domains,
+            seq_len=args.seq_len,
+            num_seqs=args.num_seqs,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            normalize=args.normalize,
+        )
+        out = save_domain_embeddings(args.out, emb, overwrite=args.overwrite)
     print(f"{len(emb)} domain embeddings ({', '.join(emb.names)}) -> {out}")
     return 0

@@ -27,6 +27,7 @@ from olmo_core.nn.transformer import TransformerConfig
 from ..checkpoint import (
     LazyTensor,
     check_output,
+    checkpoint_inputs,
     iter_tensors,
     read_model_config,
     resolve_checkpoint,
@@ -35,6 +36,7 @@ from ..checkpoint import (
 )
 from ..errors import UserError
 from ..models import expert_widths_per_layer, with_expert_widths, with_opt_out, with_top_k
+from ..outputs import check_not_input
 from ..progress import progress_bar
 from .embeddings import DomainEmbeddings, load_domain_embeddings
 
@@ -232,8 +234,7 @@ def merge_experts(
     parsed = [_read_input(p) for p in inputs]
     if len({inp.path.resolve() for inp in parsed}) != len(parsed):
         raise MergeError("the same checkpoint is given twice; each domain expert can appear once")
-    if any(Path(out).resolve() == inp.path.resolve() for inp in parsed):
-        raise MergeError(f"output {out} is one of the inputs; write the merged model elsewhere")
+    check_not_input(out, [q for p in inputs for q in checkpoint_inputs(p)])
     _check_configs(parsed)
     config = merged_config(parsed, top_k)
     d_model, n_layers = config.d_model, config.n_layers

@@ -29,6 +29,7 @@ from olmo_core.nn.transformer import Transformer
 from ..checkpoint import (
     LazyTensor,
     check_output,
+    checkpoint_inputs,
     lazy_state,
     read_model_config,
     resolve_checkpoint,
@@ -39,6 +40,7 @@ from ..errors import UserError
 from ..models import expert_widths_per_layer, with_opt_out, without_experts
 from ..nn.moe import VariableMoE
 from ..nn.router import active_experts
+from ..outputs import check_not_input
 from .merge import expert_rows, load_tensor, moe_param, param_names
 
 __all__ = ["set_opt_out", "write_opt_out"]
@@ -85,8 +87,7 @@ def write_opt_out(
     """
     src_path = resolve_checkpoint(src)
     check_output(out, overwrite)
-    if Path(out).resolve() == src_path.resolve():
-        raise UserError(f"output {out} is the input checkpoint; write to another path")
+    check_not_input(out, checkpoint_inputs(src))
     config = read_model_config(src_path)
     experts = sorted(int(e) for e in experts or [])
     if drop and not experts:

@@ -33,23 +33,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _tokenize(args) -> int:
-    from .tokenize import tokenize_jsonl
+    from ..cli_args import claimed_output
+    from .tokenize import expand_jsonl_inputs, tokenize_jsonl
 
     if args.workers < 1:
         from ..errors import UserError
 
         raise UserError(f"--workers must be at least 1, got {args.workers}")
-    meta = tokenize_jsonl(
-        args.inputs,
-        args.tokenizer,
-        args.out,
-        field=args.field,
-        workers=args.workers,
-        dtype=args.dtype,
-        eos_id=args.eos_id,
-        bos=args.bos,
-        overwrite=args.overwrite,
-    )
+    inputs = expand_jsonl_inputs(args.inputs) + [args.tokenizer]
+    with claimed_output(args, args.out, inputs=inputs, resume=True):
+        meta = tokenize_jsonl(
+            args.inputs,
+            args.tokenizer,
+            args.out,
+            field=args.field,
+            workers=args.workers,
+            dtype=args.dtype,
+            eos_id=args.eos_id,
+            bos=args.bos,
+            overwrite=args.overwrite,
+        )
     print(
         f"{meta['num_documents']:,} documents, {meta['num_tokens']:,} tokens ({meta['dtype']}) "
         f"in {len(meta['files'])} files under {args.out}"

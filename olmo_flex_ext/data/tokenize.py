@@ -23,17 +23,26 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..atomic import atomic_file, write_atomic
+from ..atomic import atomic_file, move_into_place, write_atomic
 from ..errors import UserError
 from .tokens import expand_paths, token_dtype
 
-__all__ = ["SpecialIds", "load_tokenizer", "open_jsonl", "tokenize_jsonl", "TOKEN_SUFFIX"]
+__all__ = [
+    "SpecialIds",
+    "load_tokenizer",
+    "special_token_id",
+    "open_jsonl",
+    "tokenize_jsonl",
+    "expand_jsonl_inputs",
+    "TOKEN_SUFFIX",
+]
 
 TOKEN_SUFFIX = ".npy"
 """OLMo-core's name for its (headerless) token files."""
@@ -53,12 +62,23 @@ def _special_from_config(directory: Path, key: str) -> Optional[str]:
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         f = directory / name
         if f.is_file():
-            value = json.loads(f.read_text()).get(key)
+            config = json.loads(f.read_text())
+            value = config.get(key) if isinstance(config, dict) else None
             if isinstance(value, dict):
                 value = value.get("content")
             if isinstance(value, str):
                 return value
     return None
+
+
+def special_token_id(tok: Any, directory: Path, key: str) -> Optional[int]:
+    """The id of the special token ``key`` (``eos_token``, ``bos_token``, ``pad_token``) named in
+    the tokenizer directory's config files, or ``None``."""
+    try:
+        name = _special_from_config(directory, key)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the tokenizer config in {directory} ({e})") from None
+    return None if name is None else tok.token_to_id(name)
 
 
 def load_tokenizer(
@@ -75,11 +95,13 @@ def load_tokenizer(
             f"{d} is not a tokenizer directory: it has no tokenizer.json (a Hugging Face fast "
             "tokenizer, e.g. the dolma2 tokenizer saved with save_pretrained)"
         )
-    tok = Tokenizer.from_file(str(file))
+    try:
+        tok = Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+        raise UserError(f"{file} is not a readable tokenizer ({e})") from None
 
     def token_id(key: str) -> Optional[int]:
-        name = _special_from_config(file.parent, key)
-        return None if name is None else tok.token_to_id(name)
+        return special_token_id(tok, file.parent, key)
 
     eos = eos_id if eos_id is not None else token_id("eos_token")
     if eos is None:
@@ -238,7 +260,7 @@ def tokenize_jsonl(
 
     Bad input (invalid JSON, a missing field) raises :class:`UserError` and removes what this
     call wrote; an interruption keeps the finished files for the next call to resume from."""
-    paths = _expand_inputs(inputs)
+    paths = expand_jsonl_inputs(inputs)
     tok, special = load_tokenizer(tokenizer, eos_id=eos_id, bos=bos)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     np_dtype = np.dtype(token_dtype(vocab, dtype))
@@ -257,14 +279,45 @@ def tokenize_jsonl(
         "dtype": np_dtype.name,
     }
     out = Path(out)
+    if (out / "meta.json").exists():
+        if not overwrite:
+            raise UserError(
+                f"{out} already holds tokenized data (meta.json); pass --overwrite to redo it"
+            )
+        # Redo finished data beside it, so that it stays whole until the new data is complete.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            meta = _tokenize_into(tmp, paths, settings, np_dtype, special, tokenizer_file,
+                                  workers, field, docs_per_chunk, progress, resume=False)
+            move_into_place(tmp, out, overwrite=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return meta
+    return _tokenize_into(out, paths, settings, np_dtype, special, tokenizer_file, workers,
+                          field, docs_per_chunk, progress, resume=not overwrite)
+
+
+def _tokenize_into(
+    out: Path,
+    paths: List[str],
+    settings: Dict[str, Any],
+    np_dtype: np.dtype,
+    special: SpecialIds,
+    tokenizer_file: Path,
+    workers: int,
+    field: str,
+    docs_per_chunk: int,
+    progress: bool,
+    *,
+    resume: bool,
+) -> Dict[str, Any]:
     meta_path, state_path = out / "meta.json", out / ".progress.json"
-    if meta_path.exists() and not overwrite:
-        raise UserError(
-            f"{out} already holds tokenized data (meta.json); pass --overwrite to redo it"
-        )
-    done = _resume_state(state_path, settings) if not overwrite else {}
+    done = _resume_state(state_path, settings) if resume else {}
+    done = {name: d for name, d in done.items() if _part_ok(out / name, d, np_dtype)}
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    for leftover in out.glob(".*.tmp"):  # half-written token files of a killed run
+        leftover.unlink()
     if not done:  # a fresh start: no stale parts from another run may remain
         meta_path.unlink(missing_ok=True)
         for stale in out.glob(f"part-*{TOKEN_SUFFIX}"):
@@ -305,15 +358,28 @@ def tokenize_jsonl(
     return meta
 
 
+def _part_ok(path: Path, done: Any, dtype: np.dtype) -> bool:
+    """Whether a token file an earlier run finished is still whole (else it is made again)."""
+    try:
+        ok = path.stat().st_size == int(done["tokens"]) * dtype.itemsize
+    except (OSError, KeyError, TypeError, ValueError):
+        ok = False
+    if not ok and path.exists():
+        from ..errors import note
+
+        note(f"{path} is not the size an earlier run recorded: tokenizing its input again")
+    return ok
+
+
 def _resume_state(state_path: Path, settings: Dict[str, Any]) -> Dict[str, Any]:
     """Files finished by an interrupted run with the same settings."""
     if not state_path.exists():
         return {}
     try:
         state = json.loads(state_path.read_text())
-    except json.JSONDecodeError:
+        return dict(state["files"]) if state.get("settings") == settings else {}
+    except (ValueError, KeyError, TypeError, AttributeError):
         return {}
-    return dict(state["files"]) if state.get("settings") == settings else {}
 
 
 @contextlib.contextmanager
@@ -348,7 +414,7 @@ def _progress(enabled: bool, total_bytes: int) -> Iterator[Callable[[int], None]
         yield lambda n: bar.update(task, completed=n)
 
 
-def _expand_inputs(inputs: Union[str, Sequence[str]]) -> List[str]:
+def expand_jsonl_inputs(inputs: Union[str, Sequence[str]]) -> List[str]:
     try:
         paths = expand_paths(inputs)
     except Exception as e:

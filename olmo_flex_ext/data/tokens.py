@@ -58,11 +58,15 @@ class Window:
 
 
 class TokenFiles:
-    """Memory-mapped token files in sorted path order, addressed as one long token stream."""
+    """Memory-mapped token files in sorted path order, addressed as one long token stream.
 
-    def __init__(self, paths: Union[str, Sequence[str]], dtype: type):
+    With ``vocab_size``, every window read is checked: an id at or above it stops the reader with
+    an error naming the file and position (a check that costs one ``max`` per window)."""
+
+    def __init__(self, paths: Union[str, Sequence[str]], dtype: type, vocab_size: Optional[int] = None):
         self.paths = expand_paths(paths)
         self.dtype = np.dtype(dtype)
+        self.vocab_size = vocab_size
         self.sizes: List[int] = []
         for p in self.paths:
             nbytes = os.path.getsize(p)
@@ -82,7 +86,28 @@ class TokenFiles:
         return np.memmap(self.paths[file], dtype=self.dtype, mode="r")
 
     def read(self, window: Window) -> np.ndarray:
-        return np.asarray(self.array(window.file)[window.start : window.start + window.length])
+        tokens = np.asarray(self.array(window.file)[window.start : window.start + window.length])
+        if self.vocab_size is not None and tokens.size and int(tokens.max()) >= self.vocab_size:
+            self._out_of_vocab(window.file, window.start, tokens)
+        return tokens
+
+    def check_vocab(self, sample: int = 1 << 20) -> None:
+        """Check the first ``sample`` tokens of each file against ``vocab_size`` (a cheap check
+        before a model loads; :meth:`read` checks every window it reads)."""
+        if self.vocab_size is None:
+            return
+        for f, size in enumerate(self.sizes):
+            head = np.asarray(self.array(f)[:sample]) if size else None
+            if head is not None and int(head.max()) >= self.vocab_size:
+                self._out_of_vocab(f, 0, head)
+
+    def _out_of_vocab(self, file: int, start: int, tokens: np.ndarray) -> None:
+        pos = int(np.argmax(tokens >= self.vocab_size))
+        raise OLMoConfigurationError(
+            f"{self.paths[file]}: token {start + pos:,d} is id {int(tokens[pos])}, at or above "
+            f"the model's vocabulary of {self.vocab_size}; is the token dtype right "
+            f"({self.dtype.name}), and are these files tokenized for this model?"
+        )
 
     def windows(self, seq_len: int, *, partial: bool = False) -> List[Window]:
         """Each file cut into ``seq_len`` chunks, in order, like OLMo-core's FSL dataset.
@@ -107,10 +132,6 @@ class TokenFiles:
             )
         picks = np.linspace(0, len(full), num, endpoint=False).astype(np.int64)
         return [full[i] for i in picks]
-
-    def max_token(self, sample: int = 1 << 20) -> int:
-        """Largest id in the first ``sample`` tokens of each file (a cheap vocabulary check)."""
-        return max(int(self.array(f)[:sample].max()) for f in range(len(self.paths)) if self.sizes[f])
 
     def fingerprint(self) -> List[dict]:
         """Per file: name, token count, and a sha256 of its size and sampled content."""

@@ -67,13 +67,15 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("threads", "jobs"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    from ..cli_args import claimed_output
     from .runner import StageFailed
 
     try:
-        run_demo(
-            args.out, quick=args.quick, wandb=not args.no_wandb, threads=args.threads,
-            jobs=args.jobs, seed=args.seed,
-        )  # fmt: skip
+        with claimed_output(args, args.out, resume=True):  # one demo at a time in a folder
+            run_demo(
+                args.out, quick=args.quick, wandb=not args.no_wandb, threads=args.threads,
+                jobs=args.jobs, seed=args.seed,
+            )  # fmt: skip
     except StageFailed as e:  # the end of the stage's log is already on the terminal
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -17,7 +17,15 @@ from typing import Tuple
 
 import numpy as np
 
-__all__ = ["TopKCodec", "bf16_bits", "bf16_to_float32"]
+__all__ = ["TopKCodec", "CorruptRow", "bf16_bits", "bf16_to_float32"]
+
+
+class CorruptRow(ValueError):
+    """Row ``row`` of a decoded block is not a valid top-k entry (``reason`` says how)."""
+
+    def __init__(self, row: int, reason: str):
+        super().__init__(f"row {row}: {reason}")
+        self.row, self.reason = row, reason
 
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -106,15 +114,19 @@ class TopKCodec:
         out[:, self.id_bytes :] = bf16_bits(lps).view(np.uint8).reshape(n, 2 * k)
         return out
 
-    def decode(self, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """rows (n, row_bytes) uint8 -> ids int64 (n, k), logprobs float32 (n, k)."""
+    def decode(self, rows: np.ndarray, check: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+        """rows (n, row_bytes) uint8 -> ids int64 (n, k), logprobs float32 (n, k). Raises
+        :class:`CorruptRow` for the first row that does not encode k ids (with ``check``, also
+        one that :meth:`check` refuses)."""
         n, k, lo = rows.shape[0], self.k, self.lower_bits
         upper = np.unpackbits(
             rows[:, self.lower_bytes : self.id_bytes], axis=1, count=self.upper_bits, bitorder="little"
         )
         flat = np.flatnonzero(upper.view(np.bool_))  # much faster than a 2-D nonzero
         if flat.size != n * k:
-            raise ValueError("corrupt top-k row: wrong number of ids")
+            counts = upper.sum(axis=1)
+            bad = int(np.argmax(counts != k))
+            raise CorruptRow(bad, f"it encodes {int(counts[bad])} token ids instead of {k}")
         ids = ((flat % self.upper_bits).reshape(n, k) - np.arange(k)) << lo
         if lo:
             width, dtype = (16, "<u2") if lo <= 16 else (32, "<u4")
@@ -124,4 +136,31 @@ class TopKCodec:
             ).reshape(n, k, lo)
             ids |= np.packbits(bits, axis=2, bitorder="little").view(dtype)[..., 0]
         bits = np.ascontiguousarray(rows[:, self.id_bytes :]).view(np.uint16)
-        return ids, bf16_to_float32(bits)
+        lps = bf16_to_float32(bits)
+        if check:
+            self.check(ids, lps)
+        return ids, lps
+
+    def check(self, ids: np.ndarray, lps: np.ndarray) -> None:
+        """Raise :class:`CorruptRow` for the first row whose ids are not ascending token ids below
+        the vocabulary size or whose log-probs are not log-probabilities (NaN, or above 0;
+        ``-inf`` is a probability of 0)."""
+        if not ids.size:
+            return
+        # The common case in one pass each: ascending ids (so the last is the largest), and
+        # `lps <= 0`, which is False for NaN too. Only a bad block is examined row by row.
+        ascending = ids.shape[1] == 1 or bool((np.diff(ids, axis=1) > 0).all())
+        if ascending and ids[:, 0].min() >= 0 and ids[:, -1].max() < self.vocab_size and bool(
+            (lps <= 0).all()
+        ):
+            return
+        checks = [
+            ((ids >= self.vocab_size) | (ids < 0), f"a token id at or above the vocabulary size {self.vocab_size}"),
+            (np.diff(ids, axis=1) <= 0, "token ids that are not in ascending order"),
+            (np.isnan(lps), "a NaN log-probability"),
+            (lps > 0, "a positive log-probability"),
+        ]
+        for bad, reason in checks:
+            rows = bad.any(axis=1)
+            if rows.any():
+                raise CorruptRow(int(np.argmax(rows)), reason)

@@ -6,10 +6,15 @@
 - windows are :meth:`TokenFiles.windows` with ``partial=True`` (FSL windows plus each file's
   shorter tail), grouped into fixed chunks of ``windows_per_chunk`` windows; chunk ``c`` goes to
   rank ``c % world_size``, so any number of ranks (torchrun) or one CPU produce the same bytes;
-- each chunk is written to ``.STORE.partial/`` as one file, atomically (temp name + rename), so an
-  interrupted run resumes with the finished chunks and recomputes the rest, never duplicating or
-  skipping an entry; ``plan.json`` there refuses a resume with different settings;
-- when every chunk exists, rank 0 writes ``meta.json`` and renames the directory to ``STORE``.
+- each chunk is written to ``.STORE.partial/`` as one file, atomically (temp name + rename),
+  followed by its SHA-256 (``chunk-*.sha256``), so an interrupted run resumes with the finished
+  chunks and recomputes the rest, never duplicating or skipping an entry; a chunk whose size or
+  hash is wrong (or whose hash is missing) is recomputed with a note; ``plan.json`` there refuses
+  a resume with different settings (``overwrite`` starts over instead);
+- rows are checked before they are written (the teacher's log-probs finite), so a store's rows are
+  valid when its chunks match their hashes; :class:`TopKStore` checks rows again as it reads;
+- when every chunk exists, rank 0 writes ``meta.json`` (with the chunk hashes) and renames the
+  directory to ``STORE``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -36,9 +42,11 @@ from ..checkpoint import (
     load_model,
     read_model_config,
     resolve_checkpoint,
+    tensor_meta,
     weights_dir,
 )
 from ..data.tokens import TokenFiles, Window, sampled_sha256, token_dtype
+from ..errors import note
 from ..progress import progress_bar
 from .codec import TopKCodec
 from .loss import default_chunk_tokens
@@ -138,6 +146,33 @@ def _chunk_name(c: int) -> str:
     return f"chunk-{c:06d}.bin"
 
 
+def _digest_file(chunk: Path) -> Path:
+    return chunk.with_suffix(".sha256")
+
+
+def _chunk_done(work: Path, c: int, tokens: int, codec: TopKCodec) -> bool:
+    """Whether chunk ``c`` is complete: the right size and the SHA-256 written after it. A
+    damaged one is removed (with a note) so that it is computed again."""
+    from ..safe_io import sha256_file
+
+    chunk = work / _chunk_name(c)
+    digest = _digest_file(chunk)
+    if not chunk.exists():
+        digest.unlink(missing_ok=True)
+        return False
+    size = chunk.stat().st_size
+    expected = digest.read_text().strip() if digest.is_file() else None
+    if size == tokens * codec.row_bytes and expected and sha256_file(chunk) == expected:
+        return True
+    why = "has the wrong size" if size != tokens * codec.row_bytes else (
+        "has no recorded hash" if not expected else "does not match its recorded hash"
+    )
+    note(f"{chunk} {why}: computing it again")
+    chunk.unlink(missing_ok=True)
+    digest.unlink(missing_ok=True)
+    return False
+
+
 def _all_true(flag: bool) -> bool:
     if not (dist.is_available() and dist.is_initialized()):
         return flag
@@ -180,6 +215,7 @@ def generate_store(
     if out.exists() and not overwrite:
         raise TopKStoreError(f"{out} already exists; choose another --out or pass --overwrite")
     config = read_model_config(teacher)
+    tensor_meta(teacher)  # the teacher's metadata and files are sound before anything is written
     vocab = config.vocab_size
     if not 1 <= k <= vocab:
         raise TopKStoreError(f"--top-k must be between 1 and the vocabulary size {vocab}, got {k}")
@@ -189,7 +225,8 @@ def generate_store(
             f"(padded {tokenizer.padded_vocab_size()}) but the teacher's vocabulary is {vocab}; "
             "pass the teacher's tokenizer with --tokenizer"
         )
-    files = TokenFiles(data, token_dtype(vocab, dtype))
+    files = TokenFiles(data, token_dtype(vocab, dtype), vocab_size=vocab)
+    files.check_vocab()
     windows = files.windows(seq_len, partial=True)
     wpc = windows_per_chunk or default_windows_per_chunk(seq_len)
     chunks = [windows[i : i + wpc] for i in range(0, len(windows), wpc)]
@@ -208,22 +245,32 @@ def generate_store(
         "encoding": codec.describe(),
     }
     work = partial_dir(out)
-    _start_or_resume(work, plan, rank)
-
-    todo = [c for c in range(rank, len(chunks), world) if not (work / _chunk_name(c)).exists()]
-    stopped = max_chunks is not None and len(todo) > max_chunks
-    todo = todo[:max_chunks] if max_chunks is not None else todo
-    # Loading a checkpoint is collective under a process group: all ranks load if any has work.
-    if not _all_true(not todo):
-        device = device or torch.device("cpu")
-        model = load_model(teacher, device=device, dtype=teacher_dtype)
-        mine = [c for c in range(rank, len(chunks), world)]
-        total = sum(w.length for c in mine for w in chunks[c])
-        done = total - sum(w.length for c in todo for w in chunks[c])
-        label = "teacher top-k" + (f" (rank 0 of {world})" if world > 1 else "")
-        bar = progress_bar(label, total, completed=done, unit="tokens", enabled=progress and rank == 0)
-        with bar as advance:
-            _run_chunks(model, files, chunks, todo, codec, work, batch_size, device, advance)
+    fresh = not work.exists()
+    _start_or_resume(work, plan, rank, overwrite)
+    try:
+        todo = [
+            c for c in range(rank, len(chunks), world)
+            if not _chunk_done(work, c, sum(w.length for w in chunks[c]), codec)
+        ]  # fmt: skip
+        stopped = max_chunks is not None and len(todo) > max_chunks
+        todo = todo[:max_chunks] if max_chunks is not None else todo
+        # Loading a checkpoint is collective under a process group: all ranks load if any has work.
+        if not _all_true(not todo):
+            device = device or torch.device("cpu")
+            model = load_model(teacher, device=device, dtype=teacher_dtype)
+            mine = [c for c in range(rank, len(chunks), world)]
+            total = sum(w.length for c in mine for w in chunks[c])
+            done = total - sum(w.length for c in todo for w in chunks[c])
+            label = "teacher top-k" + (f" (rank 0 of {world})" if world > 1 else "")
+            bar = progress_bar(label, total, completed=done, unit="tokens", enabled=progress and rank == 0)
+            with bar as advance:
+                _run_chunks(model, files, chunks, todo, codec, work, batch_size, device, advance)
+    except TopKStoreError:
+        # Bad input found while computing: a folder this call started that holds no finished
+        # chunk would only be a leftover.
+        if fresh and rank == 0 and not any(work.glob("chunk-*")):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     finished = _all_true(not stopped)
     if not finished:
         return None
@@ -233,22 +280,49 @@ def generate_store(
     return TopKStore(out)
 
 
-def _start_or_resume(work: Path, plan: Dict[str, Any], rank: int) -> None:
+def _start_or_resume(work: Path, plan: Dict[str, Any], rank: int, overwrite: bool = False) -> None:
     plan_file = work / PLAN_FILE
+    error = None
     if rank == 0:
-        work.mkdir(parents=True, exist_ok=True)
-        if plan_file.exists():
-            old = json.loads(plan_file.read_text())
-            if old != plan:
-                keys = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-                raise TopKStoreError(
-                    f"{work} holds an unfinished store made with other settings ({', '.join(keys)}); "
-                    "rerun with the same arguments to resume it, or delete it to start over"
+        old = _read_plan(plan_file) if work.exists() else None
+        if work.exists() and old != plan:
+            keys = sorted(k for k in set(old or {}) | set(plan) if (old or {}).get(k) != plan.get(k))
+            if old is not None and not overwrite:
+                error = (
+                    f"{work} holds an unfinished store made with other settings "
+                    f"({', '.join(keys)}); rerun with the same arguments to resume it, or pass "
+                    "--overwrite to discard it and start over"
                 )
-            log.info("Resuming the unfinished store in %s", work)
-        else:
-            _write_atomic(plan_file, json.dumps(plan, indent=2).encode())
+            else:
+                why = "its plan.json is missing or damaged" if old is None else "--overwrite"
+                note(f"discarding the unfinished store in {work} ({why})")
+                shutil.rmtree(work)
+        if error is None:
+            work.mkdir(parents=True, exist_ok=True)
+            if not plan_file.exists():
+                _write_atomic(plan_file, json.dumps(plan, indent=2).encode())
+            else:
+                log.info("Resuming the unfinished store in %s", work)
+    error = _broadcast(error)
+    if error is not None:
+        raise TopKStoreError(error)
     barrier()
+
+
+def _read_plan(plan_file: Path) -> Optional[Dict[str, Any]]:
+    try:
+        plan = json.loads(plan_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) else None
+
+
+def _broadcast(obj: Any) -> Any:
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    from olmo_core.distributed.utils import broadcast_object
+
+    return broadcast_object(obj)
 
 
 def _run_chunks(
@@ -278,15 +352,36 @@ def _run_chunks(
                 ).to(device)
                 ids, lps = teacher_topk(model, input_ids, codec.k)
                 ids_np, lps_np = ids.cpu().numpy(), lps.cpu().numpy()
+                _check_teacher(files, batch, lps_np)
                 for i, w in enumerate(batch):
                     lo = w.offset - start
                     pending.append(
                         pool.submit(_encode_into, codec, rows, lo, ids_np[i], lps_np[i])
                     )
                 advance(sum(w.length for w in batch))
-            pending.append(pool.submit(_write_atomic, work / _chunk_name(c), rows))
+            pending.append(pool.submit(_write_chunk, work / _chunk_name(c), rows))
         for f in pending:
             f.result()
+
+
+def _check_teacher(files: TokenFiles, batch: List[Window], lps: np.ndarray) -> None:
+    """Refuse to store log-probs that are NaN or +inf (a teacher in bfloat16 can overflow)."""
+    bad = (np.isnan(lps) | np.isposinf(lps)).any(axis=-1)
+    if bad.any():
+        i, t = (int(x[0]) for x in np.nonzero(bad))
+        w = batch[i]
+        raise TopKStoreError(
+            f"the teacher computed NaN log-probs at token {w.start + t:,d} of "
+            f"{files.paths[w.file]}; nothing was stored for it. Check the teacher checkpoint "
+            "(olmo-flex info --verify), or use --teacher-dtype float32"
+        )
+
+
+def _write_chunk(path: Path, rows: np.ndarray) -> None:
+    """The chunk, then its SHA-256 (a chunk without one is not finished)."""
+    rows = np.ascontiguousarray(rows)
+    _write_atomic(path, rows)
+    _write_atomic(_digest_file(path), hashlib.sha256(rows.data).hexdigest().encode())
 
 
 def _encode_into(codec: TopKCodec, rows: np.ndarray, lo: int, ids, lps) -> None:
@@ -305,9 +400,13 @@ def _finalise(
     for c, windows in enumerate(chunks):
         tokens = sum(w.length for w in windows)
         f = work / _chunk_name(c)
-        if not f.is_file() or f.stat().st_size != tokens * codec.row_bytes:
+        digest = _digest_file(f)
+        if not f.is_file() or f.stat().st_size != tokens * codec.row_bytes or not digest.is_file():
             raise TopKStoreError(f"chunk {f} is missing or has the wrong size; rerun to resume")
-        entries.append({"file": f.name, "start": windows[0].offset, "tokens": tokens})
+        entries.append({
+            "file": f.name, "start": windows[0].offset, "tokens": tokens,
+            "sha256": digest.read_text().strip(),
+        })  # fmt: skip
     meta = {
         "format": STORE_FORMAT,
         "version": STORE_VERSION,
@@ -326,10 +425,12 @@ def _finalise(
             k: plan[k] for k in ("windows_per_chunk", "batch_size", "teacher_dtype")
         } | {"olmo_flex_ext": __version__},
     }
+    if out.exists() and not overwrite:
+        raise TopKStoreError(f"{out} already exists; pass --overwrite to replace it")
     for leftover in work.glob(".*.tmp*"):  # half-written files of an interrupted run
         leftover.unlink()
     _write_atomic(work / META_FILE, json.dumps(meta, indent=2).encode())
     (work / PLAN_FILE).unlink()
-    if out.exists() and not overwrite:
-        raise TopKStoreError(f"{out} already exists; pass --overwrite to replace it")
-    move_into_place(work, out)
+    for digest in work.glob("chunk-*.sha256"):  # recorded in meta.json now
+        digest.unlink()
+    move_into_place(work, out, overwrite=overwrite)

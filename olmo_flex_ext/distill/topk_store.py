@@ -29,9 +29,10 @@ import numpy as np
 from olmo_core.data import TokenizerConfig
 
 from ..errors import UserError
-from .codec import TopKCodec
+from .codec import CorruptRow, TopKCodec
 
 __all__ = [
+    "is_store",
     "TopKStore",
     "TopKStoreError",
     "tokenizer_identity",
@@ -59,6 +60,16 @@ def tokenizer_identity(tokenizer: Union[TokenizerConfig, Dict[str, Any]]) -> Dic
     return out
 
 
+def is_store(path: Union[str, Path]) -> bool:
+    """Whether ``path`` is (or claims to be) a top-k store: a directory with a ``meta.json`` of
+    the store format."""
+    meta = Path(path) / META_FILE
+    try:
+        return json.loads(meta.read_text()).get("format") == STORE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class TopKStore:
     """Read access to a finished store: ``read(start, count)`` -> ``(ids int64 [count, k],
     logprobs float32 [count, k])``, memory-mapped; ids in ascending order within a row."""
@@ -84,8 +95,19 @@ class TopKStore:
                 f"{self.path} is not a version-{STORE_VERSION} {STORE_FORMAT} store "
                 f"(format={self.meta.get('format')!r}, version={self.meta.get('version')!r})"
             )
-        self.codec = TopKCodec(int(self.meta["vocab_size"]), int(self.meta["k"]))
-        self._starts = np.array([c["start"] for c in self.chunks], dtype=np.int64)
+        try:
+            self.codec = TopKCodec(int(self.meta["vocab_size"]), int(self.meta["k"]))
+            self._starts = np.array([int(c["start"]) for c in self.chunks], dtype=np.int64)
+            for c in self.chunks:
+                if Path(c["file"]).name != c["file"] or int(c["tokens"]) < 0:
+                    raise ValueError(f"bad chunk entry {c}")
+            int(self.meta["sequence_length"]), int(self.meta["num_tokens"])
+            dict(self.meta["tokenizer"]), list(self.meta["token_files"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise TopKStoreError(
+                f"{meta_path} is damaged ({type(e).__name__}: {e}); regenerate the store with "
+                "`olmo-flex logprobs`"
+            ) from None
         self._maps: Dict[int, np.ndarray] = {}
         self._check_complete()
 
@@ -183,8 +205,54 @@ class TopKStore:
 
     def read(self, start: int, count: int) -> Tuple[np.ndarray, np.ndarray]:
         """``(ids int64 [count, k], logprobs float32 [count, k])`` for positions
-        ``[start, start + count)``."""
-        return self.codec.decode(self.read_rows(start, count))
+        ``[start, start + count)``; a damaged row raises :class:`TopKStoreError` naming its
+        chunk file and row."""
+        try:
+            return self.codec.decode(self.read_rows(start, count), check=True)
+        except CorruptRow as e:
+            raise self.damaged(start + e.row, e.reason) from None
+
+    def damaged(self, position: int, reason: str) -> TopKStoreError:
+        """The error for a damaged entry at token ``position``."""
+        c = int(np.searchsorted(self._starts, position, side="right")) - 1
+        chunk = self.chunks[c]
+        return TopKStoreError(
+            f"top-k store {self.path} is damaged: {self.path / chunk['file']} row "
+            f"{position - chunk['start']:,d} (token position {position:,d}) has {reason}; "
+            "regenerate the store with `olmo-flex logprobs ... --overwrite`"
+        )
+
+    def verify(self, block: int = 1 << 16) -> str:
+        """Check every chunk against the SHA-256 recorded when it was written and every row
+        (ids ascending and in range, log-probs not NaN and at most 0), ``block`` rows at a
+        time; raises :class:`TopKStoreError` naming the first bad file (and row)."""
+        from ..safe_io import sha256_file
+
+        for chunk in self.chunks:
+            for lo in range(0, chunk["tokens"], block):  # first: a bad row is named exactly
+                self.read(chunk["start"] + lo, min(block, chunk["tokens"] - lo))
+            file = self.path / chunk["file"]
+            if chunk.get("sha256") and sha256_file(file) != chunk["sha256"]:
+                raise TopKStoreError(
+                    f"top-k store {self.path} is damaged: {file} does not have the SHA-256 "
+                    "recorded when it was written; regenerate the store with `olmo-flex logprobs`"
+                )
+        hashed = sum(1 for c in self.chunks if c.get("sha256"))
+        return f"{len(self.chunks)} chunks ({hashed} with recorded SHA-256), {self.num_tokens:,d} rows valid"
+
+    def describe(self) -> str:
+        """A few lines on what the store holds and what it was made from."""
+        tok = self.tokenizer
+        return "\n".join([
+            f"{self.path}: top-k store (format {STORE_FORMAT} v{STORE_VERSION})",
+            f"entries: {self.num_tokens:,d} tokens x top-{self.k} over a vocabulary of "
+            f"{self.vocab_size:,d}, windows of {self.sequence_length}, {self.bytes_per_token} "
+            f"bytes/token, {len(self.chunks)} chunks",
+            f"tokenizer: {tok.get('identifier')} (vocab {tok.get('vocab_size')}, eos "
+            f"{tok.get('eos_token_id')}, pad {tok.get('pad_token_id')})",
+            f"token files: {', '.join(f['name'] for f in self.token_files)}",
+            f"teacher: {self.teacher.get('path', '?')}",
+        ])  # fmt: skip
 
     def __getstate__(self):  # memory maps are reopened in data-loader worker processes
         state = self.__dict__.copy()

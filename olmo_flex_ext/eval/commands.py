@@ -35,11 +35,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval(args) -> int:
+    import contextlib
+
+    from ..cli_args import claimed_output
     from .harness import HarnessSettings, run_math2
 
     settings = HarnessSettings(
         batch_size=args.batch_size, dtype=args.dtype, device=args.device, limit=args.limit
     )
+    with contextlib.ExitStack() as stack:
+        if not args.dry_run:  # OUT collects the export and lm-eval's results; a rerun redoes them
+            inputs = [args.ckpt] + ([args.tokenizer] if args.tokenizer else [])
+            stack.enter_context(claimed_output(args, args.out, inputs=inputs, resume=True))
+        return _run(args, settings, run_math2)
+
+
+def _run(args, settings, run_math2) -> int:
     record = run_math2(
         args.ckpt,
         args.out,

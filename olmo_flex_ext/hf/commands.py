@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_args import add_checkpoint, add_overwrite, add_weight_dtype, int_list, report_written
+from ..cli_args import (
+    add_checkpoint,
+    add_overwrite,
+    add_verify,
+    add_weight_dtype,
+    checkpoint_input,
+    claimed_output,
+    int_list,
+    report_written,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weight_dtype(p, help="convert the weights (default: keep their dtype)")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors file (default 5GB)")
     add_overwrite(p, "OUT")
+    add_verify(p)
     p.set_defaults(run=_export)
 
     p = sub.add_parser(
@@ -64,50 +74,70 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random router rows")
     add_overwrite(p, "OUT")
+    add_verify(p)
     p.set_defaults(run=_upcycle)
 
     p = sub.add_parser(
         "info",
-        help="architecture, expert widths and parameter counts of a checkpoint",
-        description="Describe a model-only checkpoint, trainer stepN/ directory, run folder or "
-        "transformers FlexOlmo/Olmo2 directory.",
+        help="architecture, expert widths and parameter counts of a checkpoint (or a top-k store)",
+        description="Describe a model-only checkpoint, trainer stepN/ directory, run folder, "
+        "transformers FlexOlmo/Olmo2 directory or top-k store; --verify checks every file.",
     )
     p.add_argument("path", metavar="PATH")
+    p.add_argument(
+        "--verify", action="store_true",
+        help="also check every weight file: against the SHA-256 recorded when it was written, or "
+        "(trainer checkpoints, transformers directories) by reading every tensor; a store's "
+        "chunks against their SHA-256 and every row",
+    )
     p.set_defaults(run=_info)
 
 
 def _import(args) -> int:
     from . import import_hf
 
-    import_hf(
-        args.hf_dir, args.out, overwrite=args.overwrite, dtype=args.dtype,
-        keep_padding=args.keep_padding,
-    )
+    with claimed_output(args, args.out, inputs=[args.hf_dir]):
+        import_hf(
+            args.hf_dir, args.out, overwrite=args.overwrite, dtype=args.dtype,
+            keep_padding=args.keep_padding,
+        )
     return report_written("imported", args.out)
 
 
 def _export(args) -> int:
     from . import export_hf, parse_size
 
-    export_hf(
-        args.src, args.out, tokenizer=args.tokenizer, overwrite=args.overwrite,
-        max_shard_bytes=parse_size(args.max_shard_size), dtype=args.dtype,
-    )
+    inputs = checkpoint_input(args.src, args.verify) + ([args.tokenizer] if args.tokenizer else [])
+    with claimed_output(args, args.out, inputs=inputs):
+        export_hf(
+            args.src, args.out, tokenizer=args.tokenizer, overwrite=args.overwrite,
+            max_shard_bytes=parse_size(args.max_shard_size), dtype=args.dtype,
+        )
     return report_written("exported", args.out)
 
 
 def _upcycle(args) -> int:
     from . import upcycle
+    from .files import is_hf_dir
 
-    upcycle(
-        args.dense, args.out, num_experts=args.experts, expert_widths=args.widths,
-        router_from=args.router_from, seed=args.seed, overwrite=args.overwrite, top_k=args.top_k,
-    )
+    inputs = [args.dense] if is_hf_dir(args.dense) else checkpoint_input(args.dense, args.verify)
+    inputs += [args.router_from] if args.router_from else []
+    with claimed_output(args, args.out, inputs=inputs):
+        upcycle(
+            args.dense, args.out, num_experts=args.experts, expert_widths=args.widths,
+            router_from=args.router_from, seed=args.seed, overwrite=args.overwrite,
+            top_k=args.top_k,
+        )
     return report_written("upcycled", args.out)
 
 
 def _info(args) -> int:
+    from ..distill.topk_store import TopKStore, is_store
     from .summary import summarize
 
-    print(summarize(args.path))
+    if is_store(args.path):
+        store = TopKStore(args.path)
+        print(store.describe() + (f"\nverified: {store.verify()}" if args.verify else ""))
+        return 0
+    print(summarize(args.path, verify=args.verify))
     return 0

@@ -14,6 +14,7 @@ from ..checkpoint import (
     resolve_checkpoint,
     stock_conversion,
     tensor_meta,
+    verify_checkpoint,
 )
 from ..models import describe_model, expert_widths_per_layer
 from .config import model_config_from_hf
@@ -52,9 +53,11 @@ def architecture(config: TransformerConfig) -> List[str]:
     return lines
 
 
-def summarize(path: Union[str, Path]) -> str:
+def summarize(path: Union[str, Path], verify: bool = False) -> str:
     """A multi-line description of a checkpoint (model-only, trainer step, run folder) or of a
-    transformers FlexOlmo/Olmo2 directory."""
+    transformers FlexOlmo/Olmo2 directory; with ``verify`` its weight files are checked
+    (:func:`~olmo_flex_ext.checkpoint.verify_checkpoint`, or every tensor read) and the last line
+    says how."""
     p = Path(path)
     if is_hf_dir(p):
 
@@ -70,7 +73,8 @@ def summarize(path: Union[str, Path]) -> str:
         stored = f"stored: {len(hf.tensors)} tensors, " + ", ".join(
             f"{n} {d}" for d, n in dtypes.most_common()
         )
-        return "\n".join(head + architecture(config) + [stored])
+        checked = [f"verified: {verify_hf(hf)}"] if verify else []
+        return "\n".join(head + architecture(config) + [stored] + checked)
     ckpt = resolve_checkpoint(p)
     config = read_model_config(ckpt)
     made = read_config(ckpt).get("olmo_flex") or {}
@@ -85,4 +89,20 @@ def summarize(path: Union[str, Path]) -> str:
     stored = f"stored: {len(meta)} tensors, " + ", ".join(
         f"{n} {d}" for d, n in dtypes.most_common()
     )
-    return "\n".join(head + stock + architecture(config) + [stored])
+    checked = [f"verified: {verify_checkpoint(ckpt)}"] if verify else []
+    return "\n".join(head + stock + architecture(config) + [stored] + checked)
+
+
+def verify_hf(hf: HFDir) -> str:
+    """Read every tensor of a transformers directory and check that it is finite."""
+    import torch
+
+    from ..safe_io import DamagedFileError
+
+    for name in hf.tensors:
+        t = hf.load(name)
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise DamagedFileError(
+                f"tensor {name} in {hf.path / hf.shards[name]} has NaN or infinite values"
+            )
+    return f"{len(hf.tensors)} tensors read and finite"

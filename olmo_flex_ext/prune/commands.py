@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import List, Optional
@@ -13,9 +14,13 @@ from ..cli_args import (
     add_device,
     add_overwrite,
     add_token_data,
+    add_verify,
     add_weight_dtype,
+    checkpoint_input,
+    claimed_output,
     int_list,
     require_positive,
+    token_inputs,
 )
 
 
@@ -36,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="model weights while scoring")
     p.add_argument("--save-every", type=int, default=64, help="sequences between partial saves")
     add_overwrite(p, "the scores file")
+    add_verify(p)
     p.set_defaults(run=_importance)
 
     p = sub.add_parser(
@@ -47,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, required=True, help="compare the top-W sets")
     p.add_argument("--plot", help="also write a PNG plot here")
     p.add_argument("--json", dest="json_out", help="also write the table as JSON here")
+    add_overwrite(p, "the plot and JSON files")
     p.set_defaults(run=_compare)
 
     p = sub.add_parser(
@@ -56,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("scores")
     _budget_args(p, required=True)
     p.add_argument("--out", help="write the widths as JSON (usable with prune --widths-file)")
+    add_overwrite(p, "the widths file")
     p.set_defaults(run=_allocate)
 
     p = sub.add_parser(
@@ -73,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prune-public", action="store_true", help="allow shrinking expert 0")
     p.add_argument("--out", required=True, help="model-only checkpoint directory to write")
     add_overwrite(p)
+    add_verify(p)
     p.set_defaults(run=_prune)
 
 
@@ -93,15 +102,14 @@ def _budget_args(p: argparse.ArgumentParser, required: bool) -> None:
 def _importance(args) -> int:
     from olmo_core.distributed.utils import get_rank
 
-    from ..checkpoint import check_output
     from ..cli_args import command_device, torch_dtype
     from ..train.experiment import process_group
     from .importance import checkpoint_importance
 
-    check_output(args.out, args.overwrite)
     require_positive(args, "seq_len", "num_seqs", "batch_size", "save_every")
     out = Path(args.out)
-    with process_group():
+    inputs = checkpoint_input(args.checkpoint, args.verify) + token_inputs(args.data)
+    with process_group(), claimed_output(args, out, inputs=inputs, kind="file"):
         scores = checkpoint_importance(
             args.checkpoint,
             args.data,
@@ -126,14 +134,24 @@ def _importance(args) -> int:
 
 
 def _compare(args) -> int:
+    from ..errors import UserError
+
+    if args.width <= 0:
+        raise UserError(f"--width must be positive, got {args.width}")
+    with contextlib.ExitStack() as stack:
+        for out in (args.plot, args.json_out):
+            if out:
+                stack.enter_context(claimed_output(args, out, inputs=[args.a, args.b], kind="file"))
+        return _compare_claimed(args)
+
+
+def _compare_claimed(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from ..errors import UserError
     from .scores import ImportanceScores, describe_calibration, topk_overlap
 
-    if args.width <= 0:
-        raise UserError(f"--width must be positive, got {args.width}")
     a, b = ImportanceScores.load(args.a), ImportanceScores.load(args.b)
     if a.widths != b.widths:
         raise UserError(
@@ -236,15 +254,40 @@ def _allocate(args) -> int:
     from ..errors import UserError
     from .scores import ImportanceScores
 
-    scores = ImportanceScores.load(args.scores)
-    d_model = int(scores.metadata.get("d_model", 0))
-    if args.budget is not None and not d_model:
-        raise UserError(f"{args.scores} does not record d_model; use --budget-width instead")
-    widths = _budget_widths(args, scores, d_model)
-    _print_widths(Console(), scores.widths, widths, d_model)
-    if args.out:
-        write_atomic(args.out, json.dumps({"expert_widths": widths, "scores": args.scores}, indent=1))
+    with contextlib.ExitStack() as stack:
+        if args.out:
+            stack.enter_context(claimed_output(args, args.out, inputs=[args.scores], kind="file"))
+        scores = ImportanceScores.load(args.scores)
+        d_model = int(scores.metadata.get("d_model", 0))
+        if args.budget is not None and not d_model:
+            raise UserError(f"{args.scores} does not record d_model; use --budget-width instead")
+        widths = _budget_widths(args, scores, d_model)
+        _print_widths(Console(), scores.widths, widths, d_model)
+        if args.out:
+            text = json.dumps({"expert_widths": widths, "scores": args.scores}, indent=1)
+            write_atomic(args.out, text)
     return 0
+
+
+def _read_widths_file(path: str) -> List[List[int]]:
+    """``expert_widths`` of a widths file (``olmo-flex allocate --out``): a list per layer of
+    non-negative integers, one per expert."""
+    from ..errors import UserError
+
+    try:
+        widths = json.loads(Path(path).read_text())["expert_widths"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"cannot read widths from {path} ({type(e).__name__}: {e})") from None
+    ok = isinstance(widths, list) and all(
+        isinstance(layer, list) and all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in layer)
+        for layer in widths
+    )
+    if not ok:
+        raise UserError(
+            f"{path}: expert_widths must be a list per layer of non-negative integers (one per "
+            "expert), as olmo-flex allocate --out writes it"
+        )
+    return widths
 
 
 def _print_widths(console, original, widths, d_model: int) -> None:
@@ -264,19 +307,26 @@ def _print_widths(console, original, widths, d_model: int) -> None:
 
 
 def _prune(args) -> int:
+    from ..errors import UserError
+
+    chosen = [x for x in (args.widths, args.widths_file, args.budget, args.budget_width) if x is not None]
+    if len(chosen) != 1:
+        raise UserError("give exactly one of --widths, --widths-file, --budget, --budget-width")
+    inputs = checkpoint_input(args.checkpoint, args.verify) + [args.scores]
+    inputs += [args.widths_file] if args.widths_file else []
+    with claimed_output(args, args.out, inputs=inputs, kind="dir"):
+        return _prune_claimed(args)
+
+
+def _prune_claimed(args) -> int:
     from rich.console import Console
 
-    from ..checkpoint import check_output, read_model_config, resolve_checkpoint
-    from ..errors import UserError
+    from ..checkpoint import read_model_config, resolve_checkpoint
     from ..models import expert_widths_per_layer
     from .allocate import check_widths, keep_indices, uniform_widths
     from .scores import ImportanceScores, checkpoint_fingerprint
     from .slicing import prune_checkpoint
 
-    check_output(args.out, args.overwrite)
-    chosen = [x for x in (args.widths, args.widths_file, args.budget, args.budget_width) if x is not None]
-    if len(chosen) != 1:
-        raise UserError("give exactly one of --widths, --widths-file, --budget, --budget-width")
     src = resolve_checkpoint(args.checkpoint)
     config = read_model_config(src)
     original = expert_widths_per_layer(config)
@@ -285,10 +335,7 @@ def _prune(args) -> int:
     if args.widths is not None:
         widths = uniform_widths(original, args.widths, prune_public=args.prune_public)
     elif args.widths_file is not None:
-        try:
-            widths = json.loads(Path(args.widths_file).read_text())["expert_widths"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"cannot read widths from {args.widths_file} ({e})") from None
+        widths = _read_widths_file(args.widths_file)
     else:
         widths = _budget_widths(args, scores, config.d_model)
     check_widths(original, widths, prune_public=args.prune_public)

@@ -35,7 +35,7 @@ from olmo_core.distributed.utils import get_rank, get_world_size
 
 from ..atomic import atomic_file
 from ..data.tokens import TokenFiles, Window
-from ..errors import UserError
+from ..errors import UserError, note
 from ..progress import progress_bar
 from .scores import ImportanceScores, module_fingerprint
 
@@ -178,11 +178,20 @@ class _Progress:
     def load(cls, path: Path, identity: Dict[str, Any]) -> Optional["_Progress"]:
         if not path.is_file():
             return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("identity") != identity:
-            log.warning("Ignoring %s: it belongs to another scoring run (model, data or settings)", path)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            done, flat = int(state["done"]), state["flat"]
+            if not (isinstance(flat, torch.Tensor) and bool(torch.isfinite(flat).all())):
+                raise ValueError("its sums are not finite")
+        except Exception as e:  # a damaged file: torch and pickle raise many types
+            note(f"ignoring the partial scores {path}, which are damaged ({type(e).__name__}: "
+                 f"{e}); scoring from the start")
             return None
-        return cls(identity, int(state["done"]), state["flat"])
+        if state.get("identity") != identity:
+            note(f"ignoring the partial scores {path}: they belong to another scoring run "
+                 "(model, data or settings)")
+            return None
+        return cls(identity, done, flat)
 
 
 def compute_importance(
@@ -293,12 +302,8 @@ def checkpoint_importance(
         raise UserError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     ckpt = resolve_checkpoint(checkpoint)
     vocab = read_model_config(ckpt).vocab_size
-    files = TokenFiles(data, dtype_for_vocab(vocab, token_dtype))
-    if files.num_tokens and files.max_token() >= vocab:
-        raise UserError(
-            f"the token files hold ids up to {files.max_token()} but the model's vocabulary has "
-            f"{vocab}; is the token dtype right, or are these files from another tokenizer?"
-        )
+    files = TokenFiles(data, dtype_for_vocab(vocab, token_dtype), vocab_size=vocab)
+    files.check_vocab()
     files.sample_windows(seq_len, num_seqs)  # refuses too little data before any work
     model = load_model(ckpt, device=device, dtype=dtype)
     return compute_importance(

@@ -130,12 +130,29 @@ class ImportanceScores:
                 f"expected {FORMAT!r}); make one with `olmo-flex importance`"
             )
         layers: Dict[int, Dict[int, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            layer, expert = key.removeprefix("layer").split(".expert")
-            layers.setdefault(int(layer), {})[int(expert)] = value.float()
-        scores = [
-            [layers[i][e] for e in range(len(layers[i]))] for i in range(len(layers))
-        ]
+        try:
+            for key, value in tensors.items():
+                layer, expert = key.removeprefix("layer").split(".expert")
+                layers.setdefault(int(layer), {})[int(expert)] = value.float()
+            scores = [
+                [layers[i][e] for e in range(len(layers[i]))] for i in range(len(layers))
+            ]
+        except (ValueError, KeyError) as e:
+            raise ScoresError(
+                f"{path} does not hold one vector per layer and expert (layer{{i}}.expert{{e}}): "
+                f"{type(e).__name__}: {e}; make it again with `olmo-flex importance`"
+            ) from None
+        for i, layer in enumerate(scores):
+            for e, s in enumerate(layer):
+                bad = ~torch.isfinite(s) | (s < 0)
+                if s.dim() != 1 or bad.any():
+                    what = "is not a vector" if s.dim() != 1 else (
+                        f"has a NaN, infinite or negative score at neuron {int(bad.nonzero()[0])}"
+                    )
+                    raise ScoresError(
+                        f"{path}: layer{i}.expert{e} {what}; the file is damaged, make it again "
+                        "with `olmo-flex importance`"
+                    )
         return cls(scores, meta)
 
     def check_model(

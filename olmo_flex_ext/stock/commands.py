@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_args import add_checkpoint, add_overwrite, report_written
+from ..cli_args import (
+    add_checkpoint,
+    add_overwrite,
+    add_verify,
+    checkpoint_input,
+    claimed_output,
+    report_written,
+)
 
 LAYOUT_CHOICES = ["default", "dropless"]  # olmo_core.nn.moe.MoEType, without importing torch
 
@@ -24,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_checkpoint(p, "src", "SRC", help="stock OLMo-core MoE checkpoint")
     p.add_argument("out", metavar="OUT", help="model-only checkpoint, or run folder for a trainer one")
     add_overwrite(p, "OUT")
+    add_verify(p)
     p.set_defaults(run=_import)
 
     p = sub.add_parser(
@@ -47,18 +55,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="zero-pad experts narrower than their layer's widest (otherwise refused)",
     )
     add_overwrite(p, "OUT")
+    add_verify(p)
     p.set_defaults(run=_export)
 
 
 def _import(args) -> int:
     from . import import_olmo_core
 
-    import_olmo_core(args.src, args.out, overwrite=args.overwrite)
+    with claimed_output(args, args.out, inputs=checkpoint_input(args.src, args.verify)):
+        import_olmo_core(args.src, args.out, overwrite=args.overwrite)
     return report_written("imported", args.out)
 
 
 def _export(args) -> int:
     from . import export_olmo_core
 
-    export_olmo_core(args.src, args.out, layout=args.layout, pad=args.pad, overwrite=args.overwrite)
+    with claimed_output(args, args.out, inputs=checkpoint_input(args.src, args.verify)):
+        export_olmo_core(
+            args.src, args.out, layout=args.layout, pad=args.pad, overwrite=args.overwrite
+        )
     return report_written("exported", args.out)

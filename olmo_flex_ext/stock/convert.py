@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
-from olmo_core.distributed.checkpoint import get_checkpoint_metadata
 
 from ..checkpoint import (
     CONFIG_FILE,
+    WEIGHT_FILES,
     LazyTensor,
     atomic_output_dir,
     check_output,
+    checkpoint_inputs,
     read_config,
     read_dcp_entry,
     read_model_config,
@@ -31,7 +32,9 @@ from ..checkpoint import (
     write_dcp,
 )
 from ..nn.moe import expert_weight
+from ..outputs import check_not_input
 from ..progress import progress_bar
+from ..safe_io import read_dcp_metadata, weight_file_digests
 from .config import WIDTHS_KEY, StockError, recorded_widths
 from .state import StockConversion, writing_conversion
 
@@ -44,15 +47,6 @@ OPTIM_STATE = "optim.state."
 
 Transform = Callable[[str, torch.Tensor], torch.Tensor]
 Reshape = Callable[[str, Tuple[int, ...]], Tuple[int, ...]]
-
-
-def _check_apart(src: Path, out: Path) -> None:
-    """An output may not be, contain or sit inside its input."""
-    a, b = src.resolve(), out.resolve()
-    if a == b or a in b.parents or b in a.parents:
-        raise StockError(
-            f"output {out} overlaps the input {src}; write the converted checkpoint somewhere else"
-        )
 
 
 def _param(fqn: str) -> Optional[str]:
@@ -70,7 +64,7 @@ def _convert_dcp(
     src: Path, out: Path, reshape: Reshape, transform: Transform, advance: Callable[..., None]
 ) -> None:
     """Write the DCP ``src`` to ``out`` with every expert entry converted."""
-    meta = get_checkpoint_metadata(str(src)).state_dict_metadata
+    meta = read_dcp_metadata(src).state_dict_metadata
     stored = {
         fqn[len(MODEL):]: tuple(m.size)
         for fqn, m in meta.items()
@@ -117,15 +111,16 @@ def convert_checkpoint(
     recorded under ``"olmo_flex"`` in ``config.json``. A model-only checkpoint becomes a model-only
     checkpoint ``out``; a trainer checkpoint becomes ``out/stepN/`` with its other files copied."""
     ckpt = resolve_checkpoint(src)
-    _check_apart(Path(src), Path(out))
+    check_not_input(out, checkpoint_inputs(src))
     check_output(out, overwrite)
     config = read_config(ckpt)
     replaced = ("made_by", "source", "layout", "stock_layout", WIDTHS_KEY)
     kept = {k: v for k, v in (config.get("olmo_flex") or {}).items() if k not in replaced}
     config = {**config, "model": model, "olmo_flex": {**kept, **info}}
+    config.pop(WEIGHT_FILES, None)  # the source's; the new files are recorded below
     trainer = (ckpt / TRAINER_WEIGHTS).is_dir()
     src_dcp = ckpt / TRAINER_WEIGHTS if trainer else ckpt
-    entries = get_checkpoint_metadata(str(src_dcp)).state_dict_metadata.values()
+    entries = read_dcp_metadata(src_dcp).state_dict_metadata.values()
     total = sum(1 for m in entries if hasattr(m, "size"))
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         target = tmp / ckpt.name if trainer else tmp
@@ -141,6 +136,7 @@ def convert_checkpoint(
                     shutil.copytree(item, target / item.name, symlinks=True)
                 else:
                     shutil.copy2(item, target / item.name)
+        config[WEIGHT_FILES] = weight_file_digests(dcp_out)
         (target / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     return Path(out)
 

@@ -86,7 +86,15 @@ class ExperimentConfig(OLMoExperimentConfig):
         for item in dotlist:
             key, value = parse_override(item)
             set_dotted(data, key, value, item)
-        return self.from_dict(data)
+        try:
+            return self.from_dict(data)
+        except OLMoConfigurationError:
+            raise
+        except Exception as e:
+            raise OLMoConfigurationError(
+                f"the overrides {' '.join(dotlist)} do not make a valid config "
+                f"({type(e).__name__}: {e}); check the field names and value types"
+            ) from e
 
 
 def load_experiment(
@@ -104,14 +112,16 @@ def load_experiment(
     spec = importlib.util.spec_from_file_location(f"_train_config_{file.stem}", file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with config_errors(file, "loading it"):
+        spec.loader.exec_module(module)
     build = getattr(module, "build_config", None)
     if not callable(build):
         raise OLMoConfigurationError(
             f"train config {path} has no build_config() function; define one that returns an "
             "ExperimentConfig"
         )
-    config = build()
+    with config_errors(file, "build_config()"):
+        config = build()
     if not isinstance(config, OLMoExperimentConfig):
         raise OLMoConfigurationError(
             f"{path}: build_config() returned {type(config).__name__}, not an ExperimentConfig"
@@ -121,6 +131,28 @@ def load_experiment(
     if overrides:
         config = config.merge([o if o.startswith("--") else f"--{o}" for o in overrides])
     return resolve_model(config, path)
+
+
+@contextlib.contextmanager
+def config_errors(file: Path, what: str) -> Iterator[None]:
+    """A train config that does not compile or raises while it runs is the user's error: one
+    message naming the file and line (the traceback is kept as the cause, shown by --verbose)."""
+    try:
+        yield
+    except OLMoConfigurationError:
+        raise
+    except SyntaxError as e:
+        raise OLMoConfigurationError(
+            f"{e.filename or file}:{e.lineno}: syntax error in the train config: {e.msg}"
+        ) from e
+    except Exception as e:
+        import traceback
+
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == file.resolve()]
+        line = f":{frames[-1].lineno}" if frames else ""
+        raise OLMoConfigurationError(
+            f"{file}{line}: {what} raised {type(e).__name__}: {e}"
+        ) from e
 
 
 def resolve_model(config: ExperimentConfig, source: str = "the experiment") -> ExperimentConfig:
@@ -164,7 +196,18 @@ def parse_override(item: str) -> Tuple[str, Any]:
         raise OLMoConfigurationError(f"override {item!r} names no field; use --a.b=value")
     if not sep:
         return name, True
-    return name, (yaml.safe_load(raw) if raw.strip() else "")
+    if not raw.strip():
+        return name, ""
+    try:
+        return name, yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise OLMoConfigurationError(
+            f"override {item!r}: its value is not valid YAML ({problem}{where}); write lists "
+            "like [1, 2] and quote the whole override in the shell"
+        ) from None
 
 
 def set_dotted(data: Any, key: str, value: Any, item: str) -> None:
@@ -279,7 +322,15 @@ def process_group() -> Iterator[None]:
 
 def train(config: ExperimentConfig) -> Trainer:
     """Build every component and train, resuming from the run folder's latest checkpoint if any.
-    Returns the trainer (its ``train_module.model`` holds the trained weights)."""
+    Returns the trainer (its ``train_module.model`` holds the trained weights). The run folder is
+    locked first and the checkpoints OLMo-core will open are checked (:mod:`.run_folder`)."""
+    from .run_folder import guard_run
+
+    with guard_run(config):
+        return _train(config)
+
+
+def _train(config: ExperimentConfig) -> Trainer:
     set_dataset_work_dir(config)
     seed_all(config.init_seed)
     model = build_model(config)

@@ -61,16 +61,11 @@ def train_bpe_tokenizer(
 
 def tokenizer_config(directory: Union[str, Path]) -> TokenizerConfig:
     """OLMo-core's tokenizer config for a tokenizer trained by :func:`train_bpe_tokenizer`
-    (vocabulary padded to a multiple of 128 by OLMo-core)."""
-    from tokenizers import Tokenizer
+    (vocabulary padded to a multiple of 128 by OLMo-core): the same as ``olmo-flex logprobs
+    --tokenizer DIR`` takes, so stores made either way match."""
+    from ...data.tokenizers import tokenizer_from_dir
 
-    tok = Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
-    return TokenizerConfig(
-        vocab_size=tok.get_vocab_size(),
-        eos_token_id=tok.token_to_id(EOS_TOKEN),
-        pad_token_id=tok.token_to_id(PAD_TOKEN),
-        identifier=str(Path(directory).resolve()),
-    )
+    return tokenizer_from_dir(directory)
 
 
 def _write(path: Path, text: str) -> None:
