@@ -24,7 +24,12 @@ __all__ = [
 ]
 
 BENCHMARKS: List[str] = [
-    "bench.moe", "bench.routing", "bench.importance", "bench.distill", "bench.checks"
+    "bench.moe",
+    "bench.expert_training",
+    "bench.routing",
+    "bench.importance",
+    "bench.distill",
+    "bench.checks",
 ]
 """Ratio benchmarks (modules with a ``main()``), run in this order by ``python -m bench``."""
 

@@ -478,9 +478,18 @@ def load_state_dict(model: Transformer, path: Union[str, Path]) -> None:
         )
         return
     params = model.state_dict()
+    # Expert weights kept as row blocks (expert-only training) appear in the state dict as a
+    # fused copy or view; they are written through their layer.
+    blocks = {f"{prefix.replace('._checkpoint_wrapped_module', '')}.{w}": (mlp, w)
+              for prefix, mlp in model.named_modules()
+              if getattr(mlp, "frozen_experts", None) for w in ("w1", "w2", "w3")}  # fmt: skip
     with torch.no_grad():
         for name, tensor in iter_tensors(path, list(params)):
-            _set_full_tensor(params[name], tensor)
+            if name in blocks:
+                mlp, weight = blocks[name]
+                mlp.set_full_weight(weight, tensor)
+            else:
+                _set_full_tensor(params[name], tensor)
 
 
 def load_model(

@@ -53,7 +53,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     end = argv.index("--") if "--" in argv else len(argv)
     verbose = "--verbose" in argv[:end]
-    args = build_parser().parse_args([a for i, a in enumerate(argv) if a != "--verbose" or i >= end])
+    parser = build_parser()
+    args, extra = parser.parse_known_args(
+        [a for i, a in enumerate(argv) if a != "--verbose" or i >= end]
+    )
+    if extra and not getattr(args, "takes_overrides", False):  # dotted overrides (plan)
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     args.verbose = verbose
     quiet = not verbose and args.command not in LOGGING_COMMANDS
     with user_errors(verbose), quiet_libraries(quiet):

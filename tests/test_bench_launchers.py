@@ -41,10 +41,11 @@ def load_beaker_launcher():
 def test_beaker_dry_run_prints_launch_config_and_node_command(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     launcher = load_beaker_launcher()
-    argv = [CONFIG_5504, "--nodes=2", "--save-folder=/weka/b/runs/x", "--weka=b", "--dry-run"]
-    with pytest.raises(SystemExit):  # 12 sequences per step do not split over 16 ranks
-        launcher.main(argv)
-    assert "multiple of 65,536" in capsys.readouterr().err
+    argv = [CONFIG_5504, "--save-folder=/weka/b/runs/x", "--weka=b", "--dry-run"]
+    with pytest.raises(SystemExit):  # 16 sequences per step do not split over 24 ranks
+        launcher.main(argv + ["--nodes=3"])
+    assert "multiple of 98,304" in capsys.readouterr().err
+    argv += ["--nodes=2"]
     assert launcher.main(argv + ["--data_loader.global_batch_size=65536"]) == 0
     out = capsys.readouterr().out
     assert "BeakerLaunchConfig(" in out and "num_nodes=2" in out and "num_gpus=8" in out

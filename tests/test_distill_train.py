@@ -142,6 +142,31 @@ def test_two_fsdp_ranks_match_one_and_expert_only_is_exact(env):
     _check_expert_only(run / "step10", env["student"])
 
 
+def test_bf16_params_on_two_fsdp_ranks_track_float32(env):
+    """The 7B precision settings (bfloat16 parameters in compute, float32 gradient reduction,
+    float32 master weights and optimizer state, KD loss in float32 over bfloat16 logits) on 2
+    gloo ranks: the loss follows the float32 run's."""
+    fp32 = env["root"] / "single"
+    if not (fp32 / "step10").exists():
+        fp32 = _run(env, "single", 10)
+    run = env["root"] / "bf16"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "olmo_flex_ext.launch", str(env["wrapper"]), f"--trainer.save_folder={run}",
+           f"--dataset.work_dir={run}/dataset-cache", "--trainer.max_duration.value=10",
+           "--trainer.callbacks.checkpointer.save_interval=10",
+           "--train_module.dp_config.param_dtype=bfloat16",
+           "--train_module.dp_config.reduce_dtype=float32"]  # fmt: skip
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    pairs = [(_metric(fp32, s, "train/KD loss"), _metric(run, s, "train/KD loss")) for s in range(1, 11)]
+    assert all(abs(a - b) <= 0.02 * a for a, b in pairs), pairs  # bfloat16 rounding, not drift
+    assert pairs[-1][1] < 0.9 * pairs[0][1]
+    assert load_model(str(run / "step10")).blocks["0"].attention.w_q.weight.dtype == torch.float32
+
+
 def test_online_teacher_matches_the_store(env):
     store = _run(env, "store_mode", 2)
     online = _run(env, "online_mode", 2, "--train_module.online_teacher=true",

@@ -232,6 +232,12 @@ BAD_ARGUMENTS = [
         "train", config_file(t, "import math\n\n\ndef build_config():\n    return math.sqrt(-1)\n")],
         ["config.py:5", "build_config() raised ValueError"]),
     Case("train-config-missing", lambda i, t: ["train", t / "nope.py"], ["nope.py does not exist"]),
+    Case("plan-batch-does-not-split", lambda i, t: ["plan", TINY, "--world-size", "3"],
+         ["cannot be split", "3 ranks"]),
+    Case("plan-gpu-memory-not-understood", lambda i, t: ["plan", TINY, "--gpu-memory", "lots"],
+         ["'lots'", "not understood"]),
+    Case("plan-stray-argument", lambda i, t: ["plan", TINY, "stray"], ["'stray'", "overrides"]),
+    Case("plan-config-missing", lambda i, t: ["plan", t / "nope.py"], ["nope.py does not exist"]),
 ]  # fmt: skip
 
 DAMAGED_INPUTS = [

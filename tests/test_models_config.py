@@ -238,10 +238,10 @@ def test_two_ranks_without_data_parallelism_are_refused(tmp_path):
 
 
 def test_batch_that_ranks_cannot_split_is_refused_before_building(monkeypatch, capsys):
-    monkeypatch.setenv("WORLD_SIZE", "8")  # 12 sequences per step do not split over 8 ranks
+    monkeypatch.setenv("WORLD_SIZE", "6")  # 16 sequences per step do not split over 6 ranks
     with pytest.raises(SystemExit) as exit_info:
         launch.main([str(ROOT / "train_configs" / "flex_math_5504.py"), "--dry-run"])
     assert exit_info.value.code == 2
-    assert "multiple of 32,768" in capsys.readouterr().err
-    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert "multiple of 24,576" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "8")
     assert launch.main([str(ROOT / "train_configs" / "flex_math_5504.py"), "--dry-run"]) == 0

@@ -1,4 +1,4 @@
-"""Expert-only training: what with_expert_training freezes, gradient row masking, refusals."""
+"""Expert-only training: what with_expert_training freezes and splits, router row masking, refusals."""
 
 from types import SimpleNamespace
 
@@ -36,36 +36,52 @@ def _attach(callback, model, optim):
     callback.post_attach()
 
 
-def test_freezes_all_but_shared_moe_tensors_and_masks_rows(tmp_path):
+def test_freezes_all_but_trained_rows_and_routers_and_masks_router_rows(tmp_path):
+    from olmo_flex_ext.train.experiment import build_model
+
     config = _experiment(tmp_path)
-    model = config.model.build(init_device="cpu")
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {f"blocks.{i}.feed_forward_moe.{t}" for i in range(2) for t in
-                         ("experts.mlp.w1", "experts.mlp.w2", "experts.mlp.w3", "router.weight")}
+    model = build_model(config).to_empty(device="cpu")
+    trainable = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"blocks.{i}.feed_forward_moe.{t}": shape for i in range(2) for t, shape in
+                         [("experts.mlp.w1", (16, 64)), ("experts.mlp.w2", (16, 64)),
+                          ("experts.mlp.w3", (16, 64)), ("router.weight", (128,))]}
     optim = config.train_module.optim.build(model)
-    assert all(g["weight_decay"] == 0.0 for g in optim.param_groups)  # overridden for these
+    decay = {id(p): g["weight_decay"] for g in optim.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        if p.requires_grad:  # the routers (shared with the frozen expert) never decay
+            assert decay[id(p)] == (0.0 if "router" in name else 0.1), name
     callback = config.trainer.callbacks["trainable_experts"]
     _attach(callback, model, optim)
     for p in model.parameters():
         if p.requires_grad:
             p.grad = torch.ones_like(p)
     callback.pre_optim_step()
-    mlp = model.blocks["0"].feed_forward_moe.experts.mlp
-    assert mlp.w1.grad[:48].eq(0).all() and mlp.w1.grad[48:].eq(1).all()
+    assert model.blocks["0"].feed_forward_moe.experts.mlp.w1.grad.eq(1).all()
     router = model.blocks["1"].feed_forward_moe.router.weight.grad
     assert router[:64].eq(0).all() and router[64:].eq(1).all()
 
 
 def test_refuses_setups_that_would_move_frozen_rows(tmp_path):
+    from olmo_flex_ext.train.experiment import build_model
+    from olmo_flex_ext.train.trainable import set_trainable_experts
+
     model = tiny_flex([48, 16]).build(init_device="cpu")
+    with pytest.raises(Exception, match="holds the rows of experts"):  # not split
+        _attach(TrainableExpertsCallback(experts=[1]), model, None)
+    set_trainable_experts(model, [1])
     with pytest.raises(Exception, match="other parameters are trainable"):
         _attach(TrainableExpertsCallback(experts=[1]), model, None)
-    model = _experiment(tmp_path).model.build(init_device="cpu")
+    config = _experiment(tmp_path)
+    model = build_model(config).to_empty(device="cpu")
     with pytest.raises(Exception, match="weight_decay=0.1"):
         _attach(TrainableExpertsCallback(experts=[1]), model,
                 AdamWConfig(lr=1e-3, weight_decay=0.1).build(model))
     with pytest.raises(Exception, match="has 2 experts"):
-        _attach(TrainableExpertsCallback(experts=[2]), model, None)
+        set_trainable_experts(tiny_flex([48, 16]).build(init_device="meta"), [2])
+    model.blocks["0"].feed_forward_moe.experts.mlp.w1_frozen.requires_grad_(True)
+    with pytest.raises(Exception, match="w1_frozen would train"):
+        _attach(TrainableExpertsCallback(experts=[1]), model, None)
+    model.blocks["0"].feed_forward_moe.experts.mlp.w1_frozen.requires_grad_(False)
     model.blocks["0"].feed_forward_moe.experts.mlp.w2.requires_grad_(False)
     with pytest.raises(Exception, match="w2 is frozen but holds the trainable experts' rows"):
         _attach(TrainableExpertsCallback(experts=[1]), model, None)

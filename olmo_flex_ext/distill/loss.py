@@ -106,7 +106,7 @@ def _xlogy_diff(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torc
 
 class _TopKKD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, ids, lps, labels, temperature, rest, chunk):  # type: ignore[override]
+    def forward(ctx, logits, ids, lps, labels, temperature, rest, chunk, with_ce):  # type: ignore[override]
         n = logits.shape[0]
         ctype = torch.promote_types(logits.dtype, torch.float32)
         kl = torch.zeros(n, dtype=ctype, device=logits.device)
@@ -140,7 +140,7 @@ class _TopKKD(torch.autograd.Function):
             agree[a:b] = lp.argmax(-1) == top_t  # argmax of log q is argmax of z
             del lp
         ctx.save_for_backward(logits, ids, lps, labels, lse_s, lse_z, log_q_rest)
-        ctx.temperature, ctx.rest, ctx.chunk = temperature, rest, chunk
+        ctx.temperature, ctx.rest, ctx.chunk, ctx.with_ce = temperature, rest, chunk, with_ce
         ctx.mark_non_differentiable(agree)
         return kl, ce, agree
 
@@ -167,23 +167,21 @@ class _TopKKD(torch.autograd.Function):
                 d = p - q_S * ratio
             else:
                 c, d = torch.ones_like(gk), p
-            # g = grad[a:b] in place when the dtypes agree (no extra full-vocabulary tensor)
-            g = grad[a:b] if grad.dtype == ctype else torch.empty_like(z)
+            # g = grad[a:b] in place when the dtypes agree (no extra full-vocabulary tensor).
+            # No branch depends on tensor values, so the loss also runs on fake tensors.
+            in_place = grad.dtype == ctype
+            g = grad[a:b] if in_place else torch.empty_like(z)
             if T == 1.0:
-                scale = gk * c + gc
-                if bool((scale >= 0).all()):  # scale * softmax(z) = exp(z - (lse - log scale))
-                    torch.sub(z, lse_z[a:b, None] - scale.log(), out=g).exp_()
-                else:
-                    torch.sub(z, lse_z[a:b, None], out=g).exp_().mul_(scale)
+                torch.sub(z, lse_z[a:b, None], out=g).exp_().mul_(gk * c + gc)
             else:
                 torch.div(z, T, out=g).sub_(lse_s[a:b, None]).exp_().mul_(gk * c / T)
-                if bool((gc != 0).any()):
+                if ctx.with_ce:
                     g.add_((z - lse_z[a:b, None]).exp_().mul_(gc))
             g.scatter_add_(1, ids[a:b], -(gk / T) * d)
             g.scatter_add_(1, labels[a:b, None], -gc)
-            if g.data_ptr() != grad[a:b].data_ptr():
+            if not in_place:
                 grad[a:b] = g.to(grad.dtype)
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 def topk_kd_rows(
@@ -195,12 +193,16 @@ def topk_kd_rows(
     temperature: float = 1.0,
     rest_bucket: bool = False,
     chunk_tokens: Optional[int] = None,
+    with_ce_grad: bool = True,
 ):
     """Per position: (KL (n,), CE (n,), top-1 agreement (n,) bool) for logits (n, V), teacher
-    ids (n, k), log-probs (n, k) and labels (n,) (valid ids; mask ignored positions yourself)."""
+    ids (n, k), log-probs (n, k) and labels (n,) (valid ids; mask ignored positions yourself).
+    ``with_ce_grad=False`` promises that the CE output gets no gradient (its weight is 0), which
+    saves a full-vocabulary pass in backward at temperatures other than 1."""
     return _TopKKD.apply(
         logits, teacher_ids.long(), teacher_logprobs, labels.long(), float(temperature),
         bool(rest_bucket), int(chunk_tokens or default_chunk_tokens(logits.device)),
+        bool(with_ce_grad),
     )
 
 
@@ -227,6 +229,7 @@ def topk_kd_loss(
         temperature=config.temperature,
         rest_bucket=config.rest_bucket,
         chunk_tokens=config.chunk_tokens,
+        with_ce_grad=config.ce_weight != 0,
     )
     mask = valid.to(kl.dtype)
     kl_sum, ce_sum = (kl * mask).sum(), (ce * mask).sum()

@@ -18,6 +18,7 @@ built model): routing then runs over the remaining experts with ``top_k = min(to
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
@@ -34,6 +35,7 @@ from olmo_core.nn.moe.mlp import MoEMLPBase
 from olmo_core.nn.moe.parallel_mlp import ParallelMLPBase
 from olmo_core.nn.moe.router import MoERouterConfig
 
+from .expert_rows import RowRanges, fuse_rows, split_rows
 from .router import FlexRouter, FlexRouterConfig, active_experts
 
 __all__ = [
@@ -191,7 +193,15 @@ class ExpertProbe(nn.Module):
 
 
 class VariableMoEMLP(MoEMLPBase):
-    """The experts' weights, stored like OLMo-core's dropless MLP but with ragged widths."""
+    """The experts' weights, stored like OLMo-core's dropless MLP but with ragged widths.
+
+    :meth:`set_trainable_experts` splits them for expert-only training: ``w1/w2/w3`` then hold
+    only the trained experts' rows and ``w1_frozen/w2_frozen/w3_frozen`` (``requires_grad=False``)
+    the other experts' rows, so backward computes no weight gradient for the frozen rows and the
+    optimizer (which holds only trainable parameters) keeps no state for them. The state dict
+    still shows one fused ``w1/w2/w3`` each (:mod:`~olmo_flex_ext.nn.expert_rows`), so checkpoints,
+    ``load_path``, resume and every tool see the same layout either way.
+    """
 
     def __init__(
         self,
@@ -211,15 +221,24 @@ class VariableMoEMLP(MoEMLPBase):
         self.w1 = nn.Parameter(torch.empty(total, d_model, device=init_device, dtype=dtype))
         self.w2 = nn.Parameter(torch.empty(total, d_model, device=init_device, dtype=dtype))
         self.w3 = nn.Parameter(torch.empty(total, d_model, device=init_device, dtype=dtype))
+        self.frozen_experts: List[int] = []
+        """Experts whose rows live in ``w*_frozen`` (empty: ``w1/w2/w3`` hold every expert)."""
+        self.assumed_routing: Optional[str] = None
+        """For memory plans on fake tensors, which have no values to count: the routed path takes
+        the tokens per expert as ``"balanced"`` (even over the active experts) or ``"worst"``
+        (every token to the ``top_k`` widest) instead of counting them. ``None``: counted."""
         self.probe = ExpertProbe()
+        self.register_state_dict_post_hook(_fused_state)
+        self.register_load_state_dict_pre_hook(_split_state)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for w in (self.w1, self.w2, self.w3):
+        for w in self._weights():
             nn.init.trunc_normal_(w, std=0.02, a=-0.06, b=0.06)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, expert_widths={self.expert_widths}"
+        frozen = f", frozen_experts={self.frozen_experts}" if self.frozen_experts else ""
+        return f"d_model={self.d_model}, expert_widths={self.expert_widths}{frozen}"
 
     def _apply_ep_refused(self, *args, **kwargs):
         raise OLMoConfigurationError(
@@ -231,6 +250,7 @@ class VariableMoEMLP(MoEMLPBase):
     apply_tp = _apply_ep_refused
 
     def expert_slice(self, expert: int) -> slice:
+        """Rows of ``expert`` in the fused ``(sum of widths, d_model)`` layout."""
         return slice(self.offsets[expert], self.offsets[expert + 1])
 
     def _probing(self) -> bool:
@@ -239,6 +259,83 @@ class VariableMoEMLP(MoEMLPBase):
     def expert_rows(self, experts: Sequence[int]) -> torch.Tensor:
         """Row indices of ``w1/w2/w3`` that belong to ``experts``, in that order."""
         return torch.cat([torch.arange(self.offsets[e], self.offsets[e + 1]) for e in experts])
+
+    # ---- trained and frozen rows ----------------------------------------------------------
+
+    @property
+    def trained_experts(self) -> List[int]:
+        """Experts whose rows live in ``w1/w2/w3``."""
+        return [e for e in range(self.num_experts) if e not in self.frozen_experts]
+
+    def set_trainable_experts(self, experts: Sequence[int]) -> None:
+        """Split the weights (in place, before FSDP or activation checkpointing wrap the model)
+        so that only ``experts``' rows stay in the trainable ``w1/w2/w3`` and the other experts'
+        rows move to frozen ``w*_frozen`` parameters; their values are kept."""
+        trained = sorted(set(experts))
+        if not trained or any(not 0 <= e < self.num_experts for e in trained):
+            raise OLMoConfigurationError(
+                f"trainable experts {list(experts)}: give at least one of 0..{self.num_experts - 1}"
+            )
+        if self.frozen_experts:
+            if trained != self.trained_experts:
+                raise OLMoConfigurationError(
+                    f"the experts are already split with {self.trained_experts} trainable"
+                )
+            return
+        frozen = [e for e in range(self.num_experts) if e not in trained]
+        if not frozen:
+            return
+        fused = {n: self._parameters.pop(n) for n in ("w1", "w2", "w3")}
+        with torch.no_grad():
+            for rows, suffix in ((trained, ""), (frozen, "_frozen")):
+                for name, w in fused.items():
+                    block = torch.cat([w[self.expert_slice(e)] for e in rows])
+                    grad = w.requires_grad and suffix == ""
+                    self.register_parameter(name + suffix, nn.Parameter(block, requires_grad=grad))
+        self.frozen_experts = frozen
+
+    def set_full_weight(self, name: str, full: torch.Tensor) -> None:
+        """Copy a full fused ``(sum of widths, d_model)`` value of ``name`` (``w1``, ``w2`` or
+        ``w3``) into the weight's row blocks, which may be sharded DTensors (each rank keeps its
+        rows; nothing is communicated)."""
+        blocks = [getattr(self, name + suffix) for suffix, _ in self._blocks()]
+        ranges = [self._row_ranges(experts) for _, experts in self._blocks()]
+        with torch.no_grad():
+            for block, value in zip(blocks, split_rows(full.to(blocks[0].dtype), blocks, ranges)):
+                get_local_tensor(block).copy_(get_local_tensor(value))
+
+    def _blocks(self) -> List[Tuple[str, List[int]]]:
+        """(parameter suffix, experts) of each row block: one block, or trained and frozen."""
+        if not self.frozen_experts:
+            return [("", list(range(self.num_experts)))]
+        return [("", self.trained_experts), ("_frozen", self.frozen_experts)]
+
+    def _weights(self) -> List[torch.Tensor]:
+        return [getattr(self, n + s) for s, _ in self._blocks() for n in ("w1", "w2", "w3")]
+
+    def _row_ranges(self, experts: Sequence[int]) -> RowRanges:
+        return [(self.offsets[e], self.offsets[e + 1]) for e in experts]
+
+    def _local_blocks(self, experts: Optional[Sequence[int]] = None):
+        """(experts, w1, w2, w3) of each row block, restricted to ``experts`` (default: all),
+        as local tensors; blocks without any of them are left out."""
+        keep = set(range(self.num_experts) if experts is None else experts)
+        out = []
+        for suffix, block in self._blocks():
+            ws = [get_local_tensor(getattr(self, n + suffix)) for n in ("w1", "w2", "w3")]
+            on = [e for e in block if e in keep]
+            if not on:
+                continue
+            if len(on) < len(block):  # some switched off: their rows leave the matmuls
+                starts = dict(zip(block, itertools.accumulate(
+                    [0] + [self.expert_widths[e] for e in block]
+                )))  # fmt: skip
+                rows = torch.cat(
+                    [torch.arange(starts[e], starts[e] + self.expert_widths[e]) for e in on]
+                ).to(ws[0].device)
+                ws = [w.index_select(0, rows) for w in ws]
+            out.append((on, *ws))
+        return out
 
     def forward_dense(
         self,
@@ -251,31 +348,58 @@ class VariableMoEMLP(MoEMLPBase):
         ``(N, len(experts))``, the router probability of each of those experts; ``batch_shape``
         is the leading shape of the layer input (reported to probes).
 
-        The up-projections are two matmuls over the concatenated width; the down-projection runs
-        per expert on a view of its activation columns, and the router probability scales that
-        expert's ``(N, d_model)`` output. Scaling the outputs rather than the ``(N, sum of
-        widths)`` activations keeps the extra elementwise work (forward and backward) small.
+        The up-projections are two matmuls over the concatenated width of each row block (one
+        block, or the trained and the frozen rows); the down-projection runs per expert on a view
+        of its activation columns, and the router probability scales that expert's ``(N,
+        d_model)`` output. Scaling the outputs rather than the ``(N, sum of widths)`` activations
+        keeps the extra elementwise work (forward and backward) small.
         """
-        w1, w2, w3 = (get_local_tensor(w) for w in (self.w1, self.w2, self.w3))
         experts = list(range(self.num_experts)) if experts is None else list(experts)
-        if len(experts) < self.num_experts:  # some switched off: their rows leave the matmuls
-            rows = self.expert_rows(experts).to(w1.device)
-            w1, w2, w3 = (w.index_select(0, rows) for w in (w1, w2, w3))
-        widths = [self.expert_widths[e] for e in experts]
-        x = x.type_as(w1)
-        act = F.silu(x @ w1.t()) * (x @ w3.t())
-        acts = act.split(widths, dim=1)
+        per_expert = {}
+        for on, w1, w2, w3 in self._local_blocks(experts):
+            x = x.type_as(w1)
+            widths = [self.expert_widths[e] for e in on]
+            act = F.silu(x @ w1.t()) * (x @ w3.t())
+            if len(on) == 1:  # a split of one piece would still cost a copy in backward
+                per_expert[on[0]] = (act, w2)
+            else:
+                per_expert.update(zip(on, zip(act.split(widths, dim=1), w2.split(widths, dim=0))))
         if self._probing():
-            for i, (e, a) in enumerate(zip(experts, acts)):
-                self.probe(a, ExpertRouting(e, None, probs[:, i], batch_shape or x.shape[:-1]))
-        probs = probs.to(act.dtype)
+            for i, e in enumerate(experts):
+                routing = ExpertRouting(e, None, probs[:, i], batch_shape or x.shape[:-1])
+                self.probe(per_expert[e][0], routing)
+        probs = probs.to(x.dtype)
         out: Optional[torch.Tensor] = None
-        for i, w2_e in enumerate(w2.split(widths, dim=0)):
+        for i, e in enumerate(experts):
+            act_e, w2_e = per_expert[e]
             p_e = probs[:, i : i + 1]
-            y_e = acts[i] @ w2_e
+            y_e = act_e @ w2_e
             out = y_e * p_e if out is None else torch.addcmul(out, y_e, p_e)
         assert out is not None
         return out
+
+    def tokens_per_expert(
+        self, expert_indices: torch.Tensor, active: Optional[Sequence[int]] = None
+    ) -> List[int]:
+        """How many (token, slot) pairs go to each expert: counted, or assumed (see
+        :attr:`assumed_routing`) over the ``active`` experts (default: all)."""
+        if self.assumed_routing is None:
+            return torch.bincount(expert_indices.reshape(-1), minlength=self.num_experts).tolist()
+        n, top_k = expert_indices.shape
+        active = list(range(self.num_experts)) if active is None else list(active)
+        counts = [0] * self.num_experts
+        if self.assumed_routing == "worst":
+            for e in sorted(active, key=lambda e: -self.expert_widths[e])[:top_k]:
+                counts[e] = n
+        elif self.assumed_routing == "balanced":
+            base, extra = divmod(n * top_k, len(active))
+            for i, e in enumerate(active):
+                counts[e] = base + (i < extra)
+        else:
+            raise OLMoConfigurationError(
+                f"assumed routing {self.assumed_routing!r}: use 'balanced' or 'worst'"
+            )
+        return counts
 
     def forward_routed(
         self,
@@ -283,21 +407,26 @@ class VariableMoEMLP(MoEMLPBase):
         expert_weights: torch.Tensor,
         expert_indices: torch.Tensor,
         batch_shape: Optional[torch.Size] = None,
+        active: Optional[Sequence[int]] = None,
     ) -> torch.Tensor:
-        """Each expert on the tokens routed to it. ``expert_*``: ``(N, top_k)``, expert ids;
-        ``batch_shape`` is the leading shape of the layer input (reported to probes).
+        """Each expert on the tokens routed to it. ``expert_*``: ``(N, top_k)``, expert ids of
+        the ``active`` experts (default: all); ``batch_shape`` is the leading shape of the layer
+        input (reported to probes).
 
         The (token, slot) pairs are sorted by expert once, so one gather gives every expert a
         contiguous block of its tokens and each expert is three plain matmuls on that block. The
         outputs are put back in (token, slot) order with one more gather and summed over the slots
         in slot order, so no scatter-add is needed and the result does not depend on expert ids.
         """
-        w1, w2, w3 = (get_local_tensor(w) for w in (self.w1, self.w2, self.w3))
+        per_expert = {}
+        for on, w1, w2, w3 in self._local_blocks():
+            widths = [self.expert_widths[e] for e in on]
+            per_expert.update(zip(on, zip(w1.split(widths), w2.split(widths), w3.split(widths))))
         x = x.type_as(w1)
         n, top_k = expert_indices.shape
         flat = expert_indices.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        counts = self.tokens_per_expert(expert_indices, active)
         tokens = order.div(top_k, rounding_mode="floor")
         x_sorted = x.index_select(0, tokens)
         p_sorted = expert_weights.reshape(-1).index_select(0, order)
@@ -306,15 +435,10 @@ class VariableMoEMLP(MoEMLPBase):
         outs = []
         # split() views the weights per expert with one backward node (a single cat of the
         # gradients), where slicing per expert would add a full-size zero tensor per expert.
-        blocks = zip(
-            w1.split(self.expert_widths),
-            w2.split(self.expert_widths),
-            w3.split(self.expert_widths),
-            x_sorted.split(counts),
-            w_sorted.split(counts),
-        )
+        blocks = zip(x_sorted.split(counts), w_sorted.split(counts))
         start = 0
-        for e, (w1e, w2e, w3e, xe, we) in enumerate(blocks):
+        for e, (xe, we) in enumerate(blocks):
+            w1e, w2e, w3e = per_expert[e]
             count = counts[e]
             if count == 0:
                 continue
@@ -333,6 +457,40 @@ class VariableMoEMLP(MoEMLPBase):
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
         return out_sorted.index_select(0, inverse).view(n, top_k, -1).sum(dim=1)
+
+
+def _fused_state(module: VariableMoEMLP, state_dict, prefix: str, local_metadata) -> None:
+    """State-dict post-hook: trained and frozen rows shown as one fused ``w1/w2/w3`` each."""
+    del local_metadata
+    if not module.frozen_experts:
+        return
+    ranges = [module._row_ranges(experts) for _, experts in module._blocks()]
+    for name in ("w1", "w2", "w3"):
+        blocks = [state_dict[prefix + name], state_dict.pop(prefix + name + "_frozen")]
+        state_dict[prefix + name] = fuse_rows(blocks, ranges, module.offsets[-1])
+
+
+def _split_state(module: VariableMoEMLP, state_dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: a fused ``w1/w2/w3`` cut into trained and frozen rows."""
+    error_msgs = args[-1]
+    if not module.frozen_experts:
+        return
+    ranges = [module._row_ranges(experts) for _, experts in module._blocks()]
+    for name in ("w1", "w2", "w3"):
+        fused = state_dict.get(prefix + name)
+        if fused is None:
+            continue
+        if tuple(fused.shape) != (module.offsets[-1], module.d_model):
+            error_msgs.append(
+                f"size mismatch for {prefix}{name}: copying a param with shape "
+                f"{tuple(fused.shape)}, the shape in current model is "
+                f"{(module.offsets[-1], module.d_model)}."
+            )
+            del state_dict[prefix + name]
+            continue
+        blocks = [getattr(module, name + suffix) for suffix, _ in module._blocks()]
+        trained, frozen = split_rows(fused, blocks, ranges)
+        state_dict[prefix + name], state_dict[prefix + name + "_frozen"] = trained, frozen
 
 
 class VariableExperts(ParallelMLPBase):
@@ -376,7 +534,9 @@ class VariableExperts(ParallelMLPBase):
         else:
             if self._active_index is not None:
                 indices = self._active_index.to(indices.device)[indices]
-            out = self.mlp.forward_routed(x2, weights, indices, batch_shape=shape[:-1])
+            out = self.mlp.forward_routed(
+                x2, weights, indices, batch_shape=shape[:-1], active=self.active_experts
+            )
         return out.reshape(shape).to(x.dtype)
 
 

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from olmo_core.distributed.utils import get_local_tensor, hide_from_torch
+from olmo_core.distributed.utils import get_local_tensor, hide_from_torch, unhide_from_torch
 from olmo_core.exceptions import OLMoConfigurationError
 from olmo_core.nn.moe.loss import MoELoadBalancingLossGranularity
 from olmo_core.nn.moe.router import MoELinearRouter, MoERouterConfig, MoERouterType
@@ -160,6 +160,27 @@ class FlexRouter(MoELinearRouter):
         if self.expert_bias is None:
             return None
         return F.pad(get_local_tensor(self.expert_bias).float().clamp(max=0.0), (1, 0))
+
+    _METRICS = ("_batch_size_per_expert", "_score_bias_batch_size_per_expert",
+                "_load_balancing_loss", "_z_loss")  # fmt: skip
+
+    def forward(self, x: torch.Tensor, **kwargs):
+        """OLMo-core's routing; when activation checkpointing recomputes it during backward, the
+        metrics it accumulates (tokens per expert, auxiliary losses) are put back as they were, so
+        a batch is counted once (losses and gradients do not depend on them)."""
+        if torch.compiler.is_compiling():  # compiled recomputation does not rerun this code
+            return super().forward(x, **kwargs)
+        # The copies are taken in the forward too: selective checkpointing replays exactly the
+        # ops of the forward.
+        saved = {n: getattr(self, n) for n in self._METRICS}
+        saved = {n: None if v is None else hide_from_torch(unhide_from_torch(v).clone())
+                 for n, v in saved.items()}  # fmt: skip
+        try:
+            return super().forward(x, **kwargs)
+        finally:  # also when a recomputation stops early once it has what backward needs
+            if torch._C._current_graph_task_id() != -1:  # inside backward: a recomputation
+                for name, value in saved.items():
+                    setattr(self, name, value)
 
     def get_expert_logits(self, x: torch.Tensor) -> torch.Tensor:
         weight = get_local_tensor(self.weight).view(self.total_experts, self.d_model)

@@ -10,6 +10,7 @@ CLI and the demo use them; the library below never imports them.
 """
 
 from .experiments import (
+    BF16,
     DATA_ROOT_ENV,
     TINY_SEQ,
     TINY_TOKENIZER,
@@ -20,6 +21,7 @@ from .experiments import (
     tiny_experiment,
 )
 from .flex_math import (
+    FLEX_7B_AC,
     flex_math_7b,
     flex_math_budget_7b,
     flex_math_prune_callback,
@@ -28,7 +30,9 @@ from .flex_math import (
 from .transforms import with_distillation, with_expert_training, with_router_training
 
 __all__ = [
+    "BF16",
     "DATA_ROOT_ENV",
+    "FLEX_7B_AC",
     "TINY_SEQ",
     "TINY_TOKENIZER",
     "data_root",

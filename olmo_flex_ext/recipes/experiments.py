@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from olmo_core.config import DType
 from olmo_core.data import NumpyDataLoaderConfig, NumpyFSLDatasetConfig, TokenizerConfig
 from olmo_core.data.types import NumpyDatasetDType
 from olmo_core.distributed.parallel import DataParallelType
@@ -15,6 +16,7 @@ from olmo_core.optim import AdamWConfig, CosWithWarmup
 from olmo_core.train import Duration, TrainerConfig
 from olmo_core.train.callbacks import Callback, ConfigSaverCallback
 from olmo_core.train.train_module import (
+    TransformerActivationCheckpointingConfig,
     TransformerDataParallelConfig,
     TransformerTrainModuleConfig,
 )
@@ -30,15 +32,24 @@ __all__ = [
     "tiny_data",
     "data_root",
     "fsdp",
+    "BF16",
     "TINY_TOKENIZER",
     "TINY_SEQ",
     "DATA_ROOT_ENV",
 ]
 
 
-def fsdp() -> TransformerDataParallelConfig:
-    """FSDP2 in float32 (used when the run has several ranks; ignored for one process)."""
-    return TransformerDataParallelConfig(name=DataParallelType.fsdp)
+def fsdp(param_dtype: Optional[DType] = None) -> TransformerDataParallelConfig:
+    """FSDP2 (used when the run has several ranks; ignored for one process): parameters gathered
+    and computed in ``param_dtype`` (default: as stored, float32), gradients reduced in float32;
+    the stored (sharded) parameters and the optimizer state stay float32."""
+    return TransformerDataParallelConfig(
+        name=DataParallelType.fsdp, param_dtype=param_dtype, reduce_dtype=DType.float32
+    )
+
+
+BF16 = DType.bfloat16
+"""The 7B configs' compute precision (OLMo-core's 7B recipes): ``fsdp(BF16)``."""
 
 
 def flex_experiment(
@@ -63,8 +74,13 @@ def flex_experiment(
     metrics_collect_interval: int = 5,
     seed: int = 12536,
     extra_callbacks: Optional[Dict[str, Callback]] = None,
+    param_dtype: Optional[DType] = None,
+    compile_model: bool = False,
+    ac_config: Optional[TransformerActivationCheckpointingConfig] = None,
 ) -> ExperimentConfig:
-    """An experiment training ``model`` on OLMo-core token files with AdamW and cosine decay."""
+    """An experiment training ``model`` on OLMo-core token files with AdamW and cosine decay;
+    ``param_dtype``, ``compile_model`` and ``ac_config`` are the train module's speed and memory
+    settings (:func:`fsdp`; OLMo-core compiles on CUDA only)."""
     dataset = NumpyFSLDatasetConfig(
         paths=data_paths,
         expand_glob=any(ch in p for p in data_paths for ch in "*?["),
@@ -82,7 +98,9 @@ def flex_experiment(
         optim=AdamWConfig(lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95)),
         scheduler=CosWithWarmup(warmup=warmup_steps),
         max_grad_norm=max_grad_norm,
-        dp_config=fsdp(),
+        dp_config=fsdp(param_dtype),
+        compile_model=compile_model,
+        ac_config=ac_config,
     )
     callbacks: Dict[str, Callback] = {
         "checkpointer": FlexCheckpointerCallback(
@@ -170,4 +188,3 @@ def tiny_experiment(
         wandb_name=name.replace("_", "-"),
         **settings,
     )
-

@@ -14,19 +14,33 @@ from typing import Any, Dict, Optional
 from olmo_core.data import TokenizerConfig
 from olmo_core.train import Duration
 from olmo_core.train.callbacks import Callback
+from olmo_core.train.train_module import TransformerActivationCheckpointingConfig
 
 from ..models import flex_olmo_2x7b, with_expert_widths
 from ..prune.callback import PruneCallback
 from ..prune.scores import ImportanceScores
 from ..train.experiment import ExperimentConfig
-from .experiments import data_root, flex_experiment
+from .experiments import BF16, data_root, flex_experiment
 from .transforms import with_distillation, with_expert_training, with_router_training
 
-__all__ = ["flex_math_7b", "flex_math_budget_7b", "flex_math_prune_callback", "router_experiment"]
+__all__ = [
+    "FLEX_7B_AC",
+    "flex_math_7b",
+    "flex_math_budget_7b",
+    "flex_math_prune_callback",
+    "router_experiment",
+]
 
 log = logging.getLogger(__name__)
 
 SCORES_ENV = "OLMO_FLEX_SCORES"
+
+
+FLEX_7B_AC: Optional[TransformerActivationCheckpointingConfig] = None
+"""Activation checkpointing of the 7B configs: none. The memory plan (docs/performance.md) puts a
+flex_math_5504 step at 40 GiB per GPU on 8 GPUs (36 on 16) without it, well within an 80 GB card,
+and ``selected_ops`` (18 GiB) would execute 23% more FLOPs (recomputation); on smaller cards, or
+for larger micro-batches, set ``--train_module.ac_config='{mode: selected_ops}'``."""
 
 
 def flex_math_7b(
@@ -37,8 +51,11 @@ def flex_math_7b(
 ) -> ExperimentConfig:
     """Flex-math-2x7B-1T with the math expert at ``domain_width``, distilled from the unpruned
     model's top-128 store with the reference settings: AdamW (no weight decay), lr 2e-4 with
-    cosine decay, 12 x 4096 = 49,152 tokens per step, ~228M tokens; only the math expert
-    (expert 1) and its router row train. With ``prune`` (the default) the pruning callback
+    cosine decay, ~228M tokens; only the math expert (expert 1) and its router row train. A step
+    is 16 x 4096 = 65,536 tokens (it splits over 1, 2, 4, 8 or 16 GPUs). Speed and memory, each
+    justified by the memory plan in docs/performance.md: bfloat16 compute with float32 gradient
+    reduction and optimizer state, compile, :data:`FLEX_7B_AC` activation checkpointing.
+    With ``prune`` (the default) the pruning callback
     (:func:`flex_math_prune_callback`) makes the initial weights from the teacher on a fresh run;
     without it they come from ``load_path`` (a checkpoint pruned offline). Paths (overridable):
     ``load_path``, ``dataset.topk_store``, ``train_module.teacher_path``, the callback's
@@ -51,7 +68,7 @@ def flex_math_7b(
         tokenizer=TokenizerConfig.dolma2(),
         save_folder=f"runs/flex_math_{domain_width}",
         sequence_length=seq,
-        global_batch_tokens=12 * seq,
+        global_batch_tokens=16 * seq,
         microbatch_tokens=seq,
         max_duration=Duration.tokens(228_000_000),
         lr=2e-4,
@@ -62,6 +79,9 @@ def flex_math_7b(
         wandb_name=f"flex-math-{domain_width}",
         load_path=f"{root}/checkpoints/flex-math-{domain_width}-pruned",
         extra_callbacks=extra_callbacks,
+        param_dtype=BF16,
+        compile_model=True,
+        ac_config=FLEX_7B_AC,
     )
     config = with_distillation(
         config,

@@ -21,10 +21,11 @@ from ..distill.loss import KDLossConfig
 from ..distill.train_module import KD_METRICS, KDTrainModuleConfig
 from ..train.trainable import (
     ROUTER_ONLY_FREEZE,
+    ROUTER_PARAMS,
     RouterOnlyCheck,
     TrainableExpertsCallback,
     expert_freeze_patterns,
-    shared_moe_patterns,
+    tolerate_wrappers,
 )
 
 __all__ = ["with_distillation", "with_expert_training", "with_router_training"]
@@ -79,16 +80,17 @@ def with_expert_training(config: C, experts: List[int], train_router: bool = Tru
     """A copy of ``config`` that trains only ``experts`` (their MLP rows and, with
     ``train_router``, their router rows): everything else is frozen through the experiment's
     ``freeze_params`` (applied to the model once it is known, also when it comes from
-    ``load_path``), weight decay is off on the shared MoE tensors, and
-    :class:`~olmo_flex_ext.train.trainable.TrainableExpertsCallback` masks the other experts'
-    gradient rows."""
+    ``load_path``); :class:`~olmo_flex_ext.train.trainable.TrainableExpertsCallback` makes the
+    experiment split the other experts' rows off into frozen parameters (no gradient, no optimizer
+    state) and masks their router rows, on which weight decay is off."""
     config = config.copy()
     patterns = (config.freeze_params or []) + expert_freeze_patterns(train_router)
     config.freeze_params = list(dict.fromkeys(patterns))
-    optim = config.train_module.optim
-    optim.group_overrides = list(optim.group_overrides or []) + [
-        OptimGroupOverride(params=shared_moe_patterns(train_router), opts={"weight_decay": 0.0})
-    ]
+    if train_router:
+        optim = config.train_module.optim
+        optim.group_overrides = list(optim.group_overrides or []) + [
+            OptimGroupOverride(params=[tolerate_wrappers(ROUTER_PARAMS)], opts={"weight_decay": 0.0})
+        ]
     config.trainer.callbacks["trainable_experts"] = TrainableExpertsCallback(
         experts=list(experts), train_router=train_router
     )

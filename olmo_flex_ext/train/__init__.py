@@ -10,6 +10,7 @@ _EXPORTS = {
     "ExperimentConfig": "experiment",
     "load_experiment": "experiment",
     "train": "experiment",
+    "build_model": "experiment",
     "FlexCheckpointerCallback": "callbacks",
     "FlexWandBCallback": "callbacks",
     "MetricsLogCallback": "callbacks",
@@ -20,7 +21,8 @@ _EXPORTS = {
     "RouterOnlyCheck": "trainable",
     "TrainableExpertsCallback": "trainable",
     "expert_freeze_patterns": "trainable",
-    "shared_moe_patterns": "trainable",
+    "set_trainable_experts": "trainable",
+    "tolerate_wrappers": "trainable",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -40,6 +40,7 @@ __all__ = [
     "load_experiment",
     "resolve_model",
     "train",
+    "build_model",
     "world_size",
     "check_parallelism",
     "parse_override",
@@ -96,9 +97,13 @@ class ExperimentConfig(OLMoExperimentConfig):
             ) from e
 
 
-def load_experiment(path: str, overrides: Optional[List[str]] = None) -> ExperimentConfig:
+def load_experiment(
+    path: str, overrides: Optional[List[str]] = None, model: Optional[TransformerConfig] = None
+) -> ExperimentConfig:
     """Import a train config file, call its ``build_config()`` and apply dotted overrides
-    (``--trainer.save_folder=/tmp/run``, ``--model.block.feed_forward_moe.expert_widths=[96,32]``)."""
+    (``--trainer.save_folder=/tmp/run``, ``--model.block.feed_forward_moe.expert_widths=[96,32]``).
+    ``model`` stands in for the model of a config that takes it from a checkpoint (planning a
+    run without the checkpoint at hand)."""
     file = Path(path)
     if not file.is_file():
         raise OLMoConfigurationError(
@@ -121,6 +126,8 @@ def load_experiment(path: str, overrides: Optional[List[str]] = None) -> Experim
         raise OLMoConfigurationError(
             f"{path}: build_config() returned {type(config).__name__}, not an ExperimentConfig"
         )
+    if model is not None and config.model is None:
+        config.model = model
     if overrides:
         config = config.merge([o if o.startswith("--") else f"--{o}" for o in overrides])
     return resolve_model(config, path)
@@ -326,7 +333,7 @@ def train(config: ExperimentConfig) -> Trainer:
 def _train(config: ExperimentConfig) -> Trainer:
     set_dataset_work_dir(config)
     seed_all(config.init_seed)
-    model = config.model.build(init_device="meta")
+    model = build_model(config)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     train_module = config.train_module.build(model)
     dataset = config.dataset.build()
@@ -351,6 +358,19 @@ def _train(config: ExperimentConfig) -> Trainer:
         return trainer
     trainer.fit()
     return trainer
+
+
+def build_model(config: ExperimentConfig):
+    """The experiment's model on the meta device, ready for its train module: in expert-only
+    training (a :class:`~olmo_flex_ext.train.trainable.TrainableExpertsCallback`) the frozen
+    experts' rows are split off the trainable weights."""
+    from .trainable import TrainableExpertsCallback, set_trainable_experts
+
+    model = config.model.build(init_device="meta")
+    for callback in config.trainer.callbacks.values():
+        if isinstance(callback, TrainableExpertsCallback) and callback.enabled:
+            set_trainable_experts(model, callback.experts)
+    return model
 
 
 def load_initial_weights(trainer: Trainer, init: Path) -> None:

@@ -3,14 +3,22 @@ for new experts), or only the routers (FlexOlmo's router tuning).
 
 Everything outside the MoE experts (embeddings, attention, norms, LM head) is frozen as whole
 tensors with OLMo-core's ``TransformerConfig.freeze_params`` (set through the experiment's
-``freeze_params``, so it also works for a model read from ``load_path``). The experts' weights ``w1/w2/w3``
-and the router weight are shared tensors holding every expert's rows, so they stay trainable and
+``freeze_params``, so it also works for a model read from ``load_path``).
+
+The experts' weights are split before the model is parallelised (:func:`set_trainable_experts`,
+called by the experiment when it builds the model): the trained experts' rows stay in the
+trainable ``w1/w2/w3`` and the frozen experts' rows move to ``w*_frozen`` parameters with
+``requires_grad=False``. Backward then computes no weight gradient for the frozen rows, the
+optimizer keeps no state for them, and they cannot change; checkpoints keep the fused layout
+(:mod:`olmo_flex_ext.nn.expert_rows`).
+
+The router weight is one small tensor holding every expert's row, so it stays trainable and
 :class:`TrainableExpertsCallback` zeroes the gradient rows of the other experts after backward
 (``pre_optim_step``, before clipping). Under FSDP2 a gradient is a DTensor sharded on dim 0; the
 row mask is sharded the same way, so each rank masks its own rows. With zero gradients and no
 weight decay (AdamW's decoupled decay would shrink frozen rows) those rows stay bitwise unchanged;
-:func:`olmo_flex_ext.recipes.with_expert_training` sets all three up, and the callback refuses a
-run where they are not.
+:func:`olmo_flex_ext.recipes.with_expert_training` sets all of this up, and the callback refuses
+a run where it is not.
 
 Router-only training freezes every parameter family but the routers (:data:`ROUTER_ONLY_FREEZE`);
 the train configs take the model from the checkpoint they start from, so the patterns cannot come
@@ -22,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -36,8 +44,10 @@ from ..nn.moe import VariableMoE, VariableMoEMLP
 __all__ = [
     "TrainableExpertsCallback",
     "RouterOnlyCheck",
+    "set_trainable_experts",
+    "expert_mlps",
     "expert_freeze_patterns",
-    "shared_moe_patterns",
+    "tolerate_wrappers",
     "check_router_only",
     "NON_MOE_PARAMS",
     "ROUTER_PARAMS",
@@ -64,10 +74,15 @@ ROUTER_ONLY_FREEZE: List[str] = NON_MOE_PARAMS + ["blocks.*.feed_forward_moe.exp
 except the routers (fnmatch has no negation, so the other families are listed)."""
 
 
-def shared_moe_patterns(train_router: bool = True) -> List[str]:
-    """Parameter-name patterns of the tensors shared by all experts of a layer."""
-    out = [f"blocks.*.feed_forward_moe.experts.mlp.{w}" for w in ("w1", "w2", "w3")]
-    return out + ([ROUTER_PARAMS] if train_router else [])
+def tolerate_wrappers(pattern: str) -> str:
+    """An fnmatch pattern over parameter names that also matches them once OLMo-core's activation
+    checkpointing has wrapped modules: ``selected_modules`` (and block-level modes) insert
+    ``_checkpoint_wrapped_module.`` after each wrapped module, and optimizer group overrides are
+    matched after that. Each ``.`` before a literal name may be followed by such components
+    (``a.b`` becomes ``a.*b``); a ``*`` already spans them. Use it for every pattern matched after
+    the model is parallelised (group overrides, checks in callbacks)."""
+    parts = pattern.split(".")
+    return parts[0] + "".join("." + (p if p.startswith("*") else "*" + p) for p in parts[1:])
 
 
 def expert_freeze_patterns(train_router: bool = True) -> List[str]:
@@ -76,9 +91,31 @@ def expert_freeze_patterns(train_router: bool = True) -> List[str]:
     return NON_MOE_PARAMS + ([] if train_router else [ROUTER_PARAMS])
 
 
+def expert_mlps(model: nn.Module) -> Iterator[Tuple[str, VariableMoE]]:
+    """(name, layer) of every variable-width MoE layer."""
+    for name, module in model.named_modules():
+        if isinstance(module, VariableMoE):
+            yield name, module
+
+
+def set_trainable_experts(model: nn.Module, experts: List[int]) -> None:
+    """Split the expert weights of every variable-width MoE layer of ``model`` (in place, before
+    it is parallelised) so that only ``experts``' rows are trainable parameters."""
+    layers = list(expert_mlps(model))
+    if not layers:
+        raise UserError("expert-only training needs a model with variable-width MoE layers")
+    for name, layer in layers:
+        if any(not 0 <= e < layer.num_experts for e in experts):
+            raise UserError(
+                f"trainable experts {experts} but layer {name} has {layer.num_experts} experts"
+            )
+        layer.experts.mlp.set_trainable_experts(experts)
+
+
 @dataclass
 class TrainableExpertsCallback(Callback):
-    """Zero the gradient rows of every expert not in ``experts`` (see the module docstring)."""
+    """Checks an expert-only run and zeroes the router gradient rows of every expert not in
+    ``experts`` (see the module docstring)."""
 
     experts: List[int] = field(default_factory=lambda: [1])
     train_router: bool = True
@@ -92,9 +129,8 @@ class TrainableExpertsCallback(Callback):
         if not self.enabled:
             return
         model = self.trainer.train_module.model
-        self._targets = list(self._find_targets(model))
-        if not self._targets:
-            raise UserError("expert-only training needs a model with variable-width MoE layers")
+        self._check_split(model)
+        self._targets = list(self._router_targets(model))
         self._check_frozen(model)
         self._check_no_weight_decay()
 
@@ -111,29 +147,41 @@ class TrainableExpertsCallback(Callback):
 
     # ---- helpers -------------------------------------------------------------------------
 
-    def _find_targets(self, model: nn.Module):
-        for name, module in model.named_modules():
-            if isinstance(module, VariableMoE):
-                n, bad = module.num_experts, [e for e in self.experts if not 0 <= e < module.num_experts]
-                if bad:
-                    raise UserError(
-                        f"trainable experts {self.experts} but layer {name} has {n} experts"
-                    )
-                mlp: VariableMoEMLP = module.experts.mlp
-                rows = torch.zeros(sum(mlp.expert_widths), dtype=torch.bool)
-                for e in self.experts:
-                    rows[mlp.expert_slice(e)] = True
-                for w in ("w1", "w2", "w3"):
-                    yield f"{name}.experts.mlp.{w}", getattr(mlp, w), rows
-                if self.train_router:
-                    router = module.router
-                    keep = torch.zeros(n, router.d_model, dtype=torch.bool)
-                    keep[self.experts] = True
-                    yield f"{name}.router.weight", router.weight, keep.view(-1)
+    def _check_split(self, model: nn.Module) -> None:
+        layers = list(expert_mlps(model))
+        if not layers:
+            raise UserError("expert-only training needs a model with variable-width MoE layers")
+        for name, layer in layers:
+            mlp: VariableMoEMLP = layer.experts.mlp
+            if mlp.trained_experts != sorted(set(self.experts)):
+                raise UserError(
+                    f"expert-only training of experts {self.experts}, but layer {name} holds the "
+                    f"rows of experts {mlp.trained_experts} in its trainable weights; build the "
+                    "model with olmo_flex_ext's experiment (it calls set_trainable_experts)"
+                )
+
+    def _router_targets(self, model: nn.Module):
+        """(name, parameter, rows to keep) of the router tensors shared by all experts."""
+        if not self.train_router:
+            return
+        for name, layer in expert_mlps(model):
+            router = layer.router
+            keep = torch.zeros(layer.num_experts, router.d_model, dtype=torch.bool)
+            keep[self.experts] = True
+            yield f"{name}.router.weight", router.weight, keep.view(-1)
+            if getattr(router, "expert_bias", None) is not None:  # entries of experts 1..N-1
+                yield f"{name}.router.expert_bias", router.expert_bias, keep[1:, 0]
 
     def _check_frozen(self, model: nn.Module) -> None:
-        target_ids = {id(p) for _, p, _ in self._targets}
-        loose = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in target_ids]
+        allowed = {id(p) for _, p, _ in self._targets}
+        for _, layer in expert_mlps(model):
+            mlp = layer.experts.mlp
+            allowed.update(id(getattr(mlp, w)) for w in ("w1", "w2", "w3"))
+            moving = [w for w in ("w1_frozen", "w2_frozen", "w3_frozen")
+                      if getattr(mlp, w, None) is not None and getattr(mlp, w).requires_grad]  # fmt: skip
+            if moving:
+                raise UserError(f"the frozen experts' rows {moving[0]} would train")
+        loose = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in allowed]
         if loose:
             raise UserError(
                 f"expert-only training but {len(loose)} other parameters are trainable "
@@ -141,6 +189,8 @@ class TrainableExpertsCallback(Callback):
                 "parameter to the experiment's freeze_params"
             )
         frozen = [n for n, p, _ in self._targets if not p.requires_grad]
+        for _, layer in expert_mlps(model):
+            frozen += [w for w in ("w1", "w2", "w3") if not getattr(layer.experts.mlp, w).requires_grad]
         if frozen:
             raise UserError(
                 f"{frozen[0]} is frozen but holds the trainable experts' rows; remove it from "
@@ -156,8 +206,8 @@ class TrainableExpertsCallback(Callback):
                 if any(p is param for p in group["params"]) and group.get("weight_decay", 0.0):
                     raise UserError(
                         f"{name} has weight_decay={group['weight_decay']}: decoupled weight decay "
-                        "would change the frozen experts' rows; use with_expert_training(), which "
-                        "turns it off for the shared MoE tensors"
+                        "would change the frozen experts' router rows; use "
+                        "with_expert_training(), which turns it off for the routers"
                     )
 
     def _local_mask(self, name: str, grad: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
