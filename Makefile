@@ -24,11 +24,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/olmo-flex demo --out $(OUT)
 
-test: $(STAMP)
+LINTED := olmo_flex_ext tests bench train_configs launch
+
+test: lint
 	$(PY) -m pytest -q -x tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check olmo_flex_ext tests bench train_configs launch
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/ruff check $(LINTED)
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -85,7 +85,10 @@ def add_timing_args(parser) -> None:
 
 
 def report(
-    title: str, timings: Mapping[str, Timing], baseline: str, goal: Optional[Dict[str, float]] = None
+    title: str,
+    timings: Mapping[str, Timing],
+    baseline: str,
+    goal: Optional[Dict[str, float]] = None,
 ) -> Dict[str, float]:
     """Print a table of medians and ratios to ``baseline``; return name -> ratio.
     ``goal`` maps variant names to the ratio they should stay under (shown, never asserted)."""
@@ -99,9 +102,17 @@ def report(
         table.add_column(col, justify="left" if col in ("variant", "goal") else "right")
     for name, t in timings.items():
         target = (goal or {}).get(name)
-        verdict = "" if target is None else f"<= {target:.2f} " + ("ok" if ratios[name] <= target else "OVER")
+        verdict = (
+            ""
+            if target is None
+            else f"<= {target:.2f} " + ("ok" if ratios[name] <= target else "OVER")
+        )
         table.add_row(
-            name, f"{t.median * 1e3:.1f}", f"{min(t.seconds) * 1e3:.1f}", f"{ratios[name]:.3f}", verdict
+            name,
+            f"{t.median * 1e3:.1f}",
+            f"{min(t.seconds) * 1e3:.1f}",
+            f"{ratios[name]:.3f}",
+            verdict,
         )
     Console(width=max(100, Console().width)).print(table)
     return ratios

@@ -42,7 +42,9 @@ def _model(d_model: int, n_layers: int):
     return config, config.build(init_device="cpu")
 
 
-def bench_checkpoints(root: Path, d_model: int, n_layers: int, repeats: int, warmup: int, clock: str):
+def bench_checkpoints(
+    root: Path, d_model: int, n_layers: int, repeats: int, warmup: int, clock: str
+):
     import torch.distributed.checkpoint as dcp
     from olmo_core.distributed.checkpoint import load_model_and_optim_state
 
@@ -138,7 +140,11 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     size = dict(d_model=64, n_layers=2) if args.quick else dict(d_model=512, n_layers=8)
-    store = dict(tokens=8192, vocab=4096, k=16) if args.quick else dict(tokens=8192, vocab=100352, k=128)
+    store = (
+        dict(tokens=8192, vocab=4096, k=16)
+        if args.quick
+        else dict(tokens=8192, vocab=100352, k=128)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         bench_checkpoints(root, **size, repeats=args.repeats, warmup=args.warmup, clock=args.clock)

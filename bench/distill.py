@@ -37,7 +37,7 @@ def time_interleaved(
             variants[n]()
     times: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(repeats):
-        for n in names[r % len(names):] + names[: r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             variants[n]()
             times[n].append(time.perf_counter() - start)
@@ -48,8 +48,13 @@ def _model(vocab: int, d_model: int, n_layers: int):
     from olmo_flex_ext.models import tiny_flex
 
     torch.manual_seed(0)
-    model = tiny_flex([2 * d_model, d_model], d_model=d_model, n_layers=n_layers,
-                      n_heads=max(1, d_model // 64), vocab_size=vocab).build(init_device="cpu")
+    model = tiny_flex(
+        [2 * d_model, d_model],
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=max(1, d_model // 64),
+        vocab_size=vocab,
+    ).build(init_device="cpu")
     model.init_weights(device=torch.device("cpu"))
     return model
 
@@ -65,18 +70,24 @@ def bench_store(k: int = 128) -> Dict[str, float]:
         ids = np.sort(np.argsort(rng.random((n, vocab), dtype=np.float32), axis=1)[:, :k], 1)
         lps = rng.standard_normal((n, k)).astype(np.float32)
         rows = codec.encode(ids, lps)
-        t = time_interleaved({"encode": lambda: codec.encode(ids, lps),
-                              "decode": lambda: codec.decode(rows)}, repeats=5, warmup=1)
+        t = time_interleaved(
+            {"encode": lambda: codec.encode(ids, lps), "decode": lambda: codec.decode(rows)},
+            repeats=5,
+            warmup=1,
+        )
         packed = (int(np.ceil(np.log2(vocab))) * k + 7) // 8 + 2 * k
-        print(f"store, {name}, k={k}: {codec.row_bytes} bytes/token (goal <= {GOALS['bytes']}; "
-              f"fixed-width ids would take {packed}; the seed's fp16+int32 took {6 * k}); "
-              f"encode {t['encode'] / n * 1e6:.1f} us/token, decode {t['decode'] / n * 1e6:.1f} us/token")
+        print(
+            f"store, {name}, k={k}: {codec.row_bytes} bytes/token (goal <= {GOALS['bytes']}; "
+            f"fixed-width ids would take {packed}; the seed's fp16+int32 took {6 * k}); "
+            f"encode {t['encode'] / n * 1e6:.1f} us/token, decode {t['decode'] / n * 1e6:.1f} us/token"
+        )
         out[name] = codec.row_bytes
     return out
 
 
-def bench_step(vocab: int, seq: int, batch: int, d_model: int, n_layers: int, k: int,
-               repeats: int, warmup: int) -> float:
+def bench_step(
+    vocab: int, seq: int, batch: int, d_model: int, n_layers: int, k: int, repeats: int, warmup: int
+) -> float:
     from olmo_flex_ext.distill.loss import topk_kd_loss
 
     model = _model(vocab, d_model, n_layers).train()
@@ -98,14 +109,25 @@ def bench_step(vocab: int, seq: int, batch: int, d_model: int, n_layers: int, k:
 
     t = time_interleaved({"CE step": ce, "KD step": kd}, repeats=repeats, warmup=warmup)
     ratio = t["KD step"] / t["CE step"]
-    print(f"train step, vocab {vocab}, {batch} x {seq} tokens, d_model {d_model}, k={k}: "
-          f"CE {t['CE step'] * 1e3:.0f} ms, KD {t['KD step'] * 1e3:.0f} ms, "
-          f"KD / CE = {ratio:.3f} (goal <= {GOALS['kd_over_ce']})")
+    print(
+        f"train step, vocab {vocab}, {batch} x {seq} tokens, d_model {d_model}, k={k}: "
+        f"CE {t['CE step'] * 1e3:.0f} ms, KD {t['KD step'] * 1e3:.0f} ms, "
+        f"KD / CE = {ratio:.3f} (goal <= {GOALS['kd_over_ce']})"
+    )
     return ratio
 
 
-def bench_generation(vocab: int, seq: int, batch: int, d_model: int, n_layers: int, k: int,
-                     windows: int, repeats: int, warmup: int) -> float:
+def bench_generation(
+    vocab: int,
+    seq: int,
+    batch: int,
+    d_model: int,
+    n_layers: int,
+    k: int,
+    windows: int,
+    repeats: int,
+    warmup: int,
+) -> float:
     from olmo_flex_ext.data.tokens import TokenFiles
     from olmo_flex_ext.distill.codec import TopKCodec
     from olmo_flex_ext.distill.generate import _run_chunks
@@ -128,14 +150,17 @@ def bench_generation(vocab: int, seq: int, batch: int, d_model: int, n_layers: i
     def generate():
         _run_chunks(model, files, [wins], [0], codec, tmp, batch, device, lambda n: None)
 
-    t = time_interleaved({"plain forward": forward, "generation": generate},
-                         repeats=repeats, warmup=warmup)
+    t = time_interleaved(
+        {"plain forward": forward, "generation": generate}, repeats=repeats, warmup=warmup
+    )
     ratio = t["plain forward"] / t["generation"]
     tokens = seq * windows
-    print(f"generation, vocab {vocab}, k={k}, {windows} x {seq} tokens, d_model {d_model}: "
-          f"forward {tokens / t['plain forward']:.0f} tok/s, generation "
-          f"{tokens / t['generation']:.0f} tok/s, throughput ratio {ratio:.3f} "
-          f"(goal >= {GOALS['generation_over_forward']})")
+    print(
+        f"generation, vocab {vocab}, k={k}, {windows} x {seq} tokens, d_model {d_model}: "
+        f"forward {tokens / t['plain forward']:.0f} tok/s, generation "
+        f"{tokens / t['generation']:.0f} tok/s, throughput ratio {ratio:.3f} "
+        f"(goal >= {GOALS['generation_over_forward']})"
+    )
     return ratio
 
 
@@ -155,11 +180,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "store" in parts:
         bench_store()
     if "step" in parts:
-        bench_step(vocab, seq, batch=2, d_model=d_model, n_layers=n_layers, k=128,
-                   repeats=args.repeats, warmup=args.warmup)
+        bench_step(
+            vocab,
+            seq,
+            batch=2,
+            d_model=d_model,
+            n_layers=n_layers,
+            k=128,
+            repeats=args.repeats,
+            warmup=args.warmup,
+        )
     if "generation" in parts:
-        bench_generation(vocab, seq, batch=2, d_model=d_model, n_layers=n_layers, k=128,
-                         windows=4, repeats=args.repeats, warmup=args.warmup)
+        bench_generation(
+            vocab,
+            seq,
+            batch=2,
+            d_model=d_model,
+            n_layers=n_layers,
+            k=128,
+            windows=4,
+            repeats=args.repeats,
+            warmup=args.warmup,
+        )
     return 0
 
 

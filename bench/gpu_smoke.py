@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
-CONFIG = '''
+CONFIG = """
 from olmo_flex_ext.models import flex_olmo
 from olmo_flex_ext.recipes import (TINY_TOKENIZER, flex_experiment, with_distillation,
                                    with_expert_training)
@@ -42,7 +42,7 @@ def build_config():
     )
     config = with_distillation(config, store="unused-store")
     return with_expert_training(config, experts=[1])
-'''
+"""
 
 
 def _cuda_time(fn: Callable[[], object], repeats: int = 10, warmup: int = 3) -> float:
@@ -155,7 +155,10 @@ def smoke_kd_vs_ce(config_path: str) -> Dict[str, float]:
     kd = _train_module(kd_config, fsdp=False)
     batch = {k: v.cuda() for k, v in step_batch(kd_config, 1).items()}
     ce_config = load_experiment(config_path)
-    fields = {f: getattr(ce_config.train_module, f) for f in TransformerTrainModuleConfig.__dataclass_fields__}
+    fields = {
+        f: getattr(ce_config.train_module, f)
+        for f in TransformerTrainModuleConfig.__dataclass_fields__
+    }
     ce_config.train_module = TransformerTrainModuleConfig(**fields)
     ce = _train_module(ce_config, fsdp=False)
     ce_batch = {"input_ids": batch["input_ids"]}

@@ -53,13 +53,22 @@ def synthetic_items(seed: int = 0) -> List[Tuple[str, LazyTensor]]:
     items = [("model.embed_tokens.weight", (v, d))]
     for i in range(SHAPE["n_layers"]):
         p = f"model.layers.{i}."
-        items += [(p + f"self_attn.{n}.weight", (d, d)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        items += [
+            (p + f"self_attn.{n}.weight", (d, d)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")
+        ]
         items += [(p + f"self_attn.{n}.weight", (d,)) for n in ("q_norm", "k_norm")]
-        items += [(p + n, (d,)) for n in ("post_attention_layernorm.weight", "post_feedforward_layernorm.weight")]
+        items += [
+            (p + n, (d,))
+            for n in ("post_attention_layernorm.weight", "post_feedforward_layernorm.weight")
+        ]
         items.append((p + "mlp.gate.weight", (SHAPE["experts"], d)))
         for e in range(SHAPE["experts"]):
             q = p + f"mlp.experts.{e}."
-            items += [(q + "gate_proj.weight", (w, d)), (q + "up_proj.weight", (w, d)), (q + "down_proj.weight", (d, w))]
+            items += [
+                (q + "gate_proj.weight", (w, d)),
+                (q + "up_proj.weight", (w, d)),
+                (q + "down_proj.weight", (d, w)),
+            ]
     items += [("model.norm.weight", (d,)), ("lm_head.weight", (v, d))]
     return [(n, ones(s) if "norm" in n else rand(s, i)) for i, (n, s) in enumerate(items)]
 
@@ -72,10 +81,16 @@ def write_hf(out: Path) -> int:
     items = synthetic_items()
     write_sharded(out, items, max_shard_bytes=SHARD_BYTES)
     FlexOlmoConfig(
-        vocab_size=SHAPE["vocab"], hidden_size=SHAPE["d_model"], intermediate_size=SHAPE["width"],
-        num_hidden_layers=SHAPE["n_layers"], num_attention_heads=SHAPE["n_heads"],
-        num_experts=SHAPE["experts"], num_experts_per_tok=SHAPE["experts"], pad_token_id=1,
-        eos_token_id=0, dtype="bfloat16",
+        vocab_size=SHAPE["vocab"],
+        hidden_size=SHAPE["d_model"],
+        intermediate_size=SHAPE["width"],
+        num_hidden_layers=SHAPE["n_layers"],
+        num_attention_heads=SHAPE["n_heads"],
+        num_experts=SHAPE["experts"],
+        num_experts_per_tok=SHAPE["experts"],
+        pad_token_id=1,
+        eos_token_id=0,
+        dtype="bfloat16",
     ).save_pretrained(str(out))
     n = 0
     for _, t in items:
@@ -139,12 +154,16 @@ def main() -> int:
         shards = sorted(hf.glob("*.safetensors"))
         largest = max(f.stat().st_size for f in shards)
         total = sum(f.stat().st_size for f in shards)
-        print(f"synthetic FlexOlmo: {params / 1e9:.2f}B params, {total / GB:.2f} GB bf16 in "
-              f"{len(shards)} shards (largest {largest / GB:.2f} GB), written in "
-              f"{time.perf_counter() - t:.0f} s")
+        print(
+            f"synthetic FlexOlmo: {params / 1e9:.2f}B params, {total / GB:.2f} GB bf16 in "
+            f"{len(shards)} shards (largest {largest / GB:.2f} GB), written in "
+            f"{time.perf_counter() - t:.0f} s"
+        )
 
         base_rss, _ = run_child("import olmo_flex_ext.hf, transformers, torch")
-        rss, seconds = run_child(f"from olmo_flex_ext.hf import import_hf; import_hf({str(hf)!r}, {str(ours)!r})")
+        rss, seconds = run_child(
+            f"from olmo_flex_ext.hf import import_hf; import_hf({str(hf)!r}, {str(ours)!r})"
+        )
         check(hf, ours, params)
         goal = 1.5 * largest + GB
         results = {
@@ -159,14 +178,18 @@ def main() -> int:
             "import_gb_per_s": total / GB / seconds,
         }
         if not args.no_export:
-            rss, seconds = run_child(f"from olmo_flex_ext.hf import export_hf; export_hf({str(ours)!r}, {str(back)!r}, max_shard_bytes={SHARD_BYTES})")
+            rss, seconds = run_child(
+                f"from olmo_flex_ext.hf import export_hf; export_hf({str(ours)!r}, {str(back)!r}, max_shard_bytes={SHARD_BYTES})"
+            )
             results.update(
                 export_peak_rss_gb=rss / GB, export_rss_over_goal=rss / goal, export_seconds=seconds
             )
         print(json.dumps(results, indent=2))
-        print(f"import peak RSS {results['import_peak_rss_gb']:.2f} GB = "
-              f"{results['import_rss_over_goal']:.2f}x the goal (1.5 x largest shard + 1 GB = "
-              f"{goal / GB:.2f} GB); interpreter alone {base_rss / GB:.2f} GB")
+        print(
+            f"import peak RSS {results['import_peak_rss_gb']:.2f} GB = "
+            f"{results['import_rss_over_goal']:.2f}x the goal (1.5 x largest shard + 1 GB = "
+            f"{goal / GB:.2f} GB); interpreter alone {base_rss / GB:.2f} GB"
+        )
         return 0 if results["import_rss_over_goal"] <= 1.0 else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -29,13 +29,15 @@ import torch
 TARGET = 1.10
 
 
-def interleaved(variants: Dict[str, Callable[[], object]], repeats: int, clock) -> Dict[str, List[float]]:
+def interleaved(
+    variants: Dict[str, Callable[[], object]], repeats: int, clock
+) -> Dict[str, List[float]]:
     times: Dict[str, List[float]] = {k: [] for k in variants}
     for fn in variants.values():  # warm up
         fn()
     names = list(variants)
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t = clock()
             variants[name]()
             times[name].append(clock() - t)
@@ -69,8 +71,10 @@ def main(argv=None) -> int:
         paths = ensure_synthetic_tokens(Path(tmp), vocab_size=512, tokens_per_file=16384)
         data = TokenFiles(paths, np.uint16)
         windows = data.sample_windows(args.seq_len, args.num_seqs)
-        print(f"{args.num_seqs} x {args.seq_len} tokens, batch {args.batch_size}, "
-              f"{args.threads} thread(s), {args.clock} time, median of {args.repeats}")
+        print(
+            f"{args.num_seqs} x {args.seq_len} tokens, batch {args.batch_size}, "
+            f"{args.threads} thread(s), {args.clock} time, median of {args.repeats}"
+        )
         for name, kw in cases.items():
             torch.manual_seed(0)
             model = flex_olmo(**shape, **kw).build(init_device="cpu").eval()
@@ -78,20 +82,33 @@ def main(argv=None) -> int:
             def forward():
                 with torch.inference_mode():
                     for i in range(0, len(windows), args.batch_size):
-                        rows = np.stack([data.read(w).astype(np.int64) for w in windows[i : i + args.batch_size]])
+                        rows = np.stack(
+                            [
+                                data.read(w).astype(np.int64)
+                                for w in windows[i : i + args.batch_size]
+                            ]
+                        )
                         model(torch.from_numpy(rows))
 
             def importance():
-                compute_importance(model, data, seq_len=args.seq_len, num_seqs=args.num_seqs,
-                                   batch_size=args.batch_size, progress=False)
+                compute_importance(
+                    model,
+                    data,
+                    seq_len=args.seq_len,
+                    num_seqs=args.num_seqs,
+                    batch_size=args.batch_size,
+                    progress=False,
+                )
 
             t = interleaved({"forward": forward, "importance": importance}, args.repeats, clock)
             f, s = statistics.median(t["forward"]), statistics.median(t["importance"])
             ratio = s / f
             ok = ratio <= TARGET
             status |= not ok
-            print(f"  {name:<42} forward {f * 1e3:7.1f} ms  importance {s * 1e3:7.1f} ms  "
-                  f"ratio {ratio:.3f}  ({'ok' if ok else 'ABOVE'} target {TARGET})")
+            print(
+                f"  {name:<42} forward {f * 1e3:7.1f} ms  importance {s * 1e3:7.1f} ms  "
+                f"ratio {ratio:.3f}  ({'ok' if ok else 'ABOVE'} target {TARGET})"
+            )
     return int(status)
 
 

@@ -42,11 +42,17 @@ def write_expert(path: Path, domain: int, salt: int) -> None:
         if ".experts.mlp." in name:  # public rows shared, domain rows own
             pub = _random(name, (PUBLIC, t.shape[1]))
             dom = _random(name, (domain, t.shape[1]), salt)
-            state[name] = LazyTensor(tuple(t.shape), torch.float32, lambda p=pub, d=dom: torch.cat([p.load(), d.load()]))
+            state[name] = LazyTensor(
+                tuple(t.shape), torch.float32, lambda p=pub, d=dom: torch.cat([p.load(), d.load()])
+            )
         elif name.endswith("router.weight"):
             pub = _random(name, (1, SHAPE["d_model"]))
             dom = _random(name, (1, SHAPE["d_model"]), salt)
-            state[name] = LazyTensor(tuple(t.shape), torch.float32, lambda p=pub, d=dom: torch.cat([p.load(), d.load()]).reshape(-1))
+            state[name] = LazyTensor(
+                tuple(t.shape),
+                torch.float32,
+                lambda p=pub, d=dom: torch.cat([p.load(), d.load()]).reshape(-1),
+            )
         else:
             state[name] = _random(name, tuple(t.shape))
     save_model(path, config, state)
@@ -73,16 +79,32 @@ def main() -> None:
         "import sys; from olmo_flex_ext.compose import merge_experts; "
         f"merge_experts(sys.argv[1:-1], sys.argv[-1], top_k=2, progress=False); {hwm}"
     )
-    base = subprocess.run([sys.executable, "-c", f"import olmo_flex_ext.compose.merge; {hwm}"], capture_output=True, text=True, check=True)
+    base = subprocess.run(
+        [sys.executable, "-c", f"import olmo_flex_ext.compose.merge; {hwm}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     t = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, *map(str, inputs), str(root / "merged")], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, inputs), str(root / "merged")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     seconds = time.perf_counter() - t
     peak = int(done.stdout.split()[-1]) * 1024
     idle = int(base.stdout.split()[-1]) * 1024
     gb = 1e9
-    print(f"inputs: {len(inputs)} x ~{size(inputs[0]) / gb:.2f} GB = {sum(map(size, inputs)) / gb:.2f} GB; merged {size(root / 'merged') / gb:.2f} GB")
-    print(f"merge: {seconds:.1f} s, peak RSS {peak / gb:.2f} GB (python + torch + OLMo-core imported: {idle / gb:.2f} GB)")
-    print(f"peak RSS / merged size: {peak / size(root / 'merged'):.2f}x; above the imports: {(peak - idle) / gb:.2f} GB")
+    print(
+        f"inputs: {len(inputs)} x ~{size(inputs[0]) / gb:.2f} GB = {sum(map(size, inputs)) / gb:.2f} GB; merged {size(root / 'merged') / gb:.2f} GB"
+    )
+    print(
+        f"merge: {seconds:.1f} s, peak RSS {peak / gb:.2f} GB (python + torch + OLMo-core imported: {idle / gb:.2f} GB)"
+    )
+    print(
+        f"peak RSS / merged size: {peak / size(root / 'merged'):.2f}x; above the imports: {(peak - idle) / gb:.2f} GB"
+    )
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -64,8 +64,12 @@ def run_case(
     total = sum(widths)
     dense_name = f"dense SwiGLU {total}"
     variants = {
-        "variable MoE": _fwd_bwd(variable_moe_config(widths, top_k).build(d_model).train(), x, grad),
-        dense_name: _fwd_bwd(FeedForwardConfig(hidden_size=total, bias=False).build(d_model), x, grad),
+        "variable MoE": _fwd_bwd(
+            variable_moe_config(widths, top_k).build(d_model).train(), x, grad
+        ),
+        dense_name: _fwd_bwd(
+            FeedForwardConfig(hidden_size=total, bias=False).build(d_model), x, grad
+        ),
     }
     padded = [max(widths)] * len(widths)
     if list(widths) != padded:

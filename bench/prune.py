@@ -40,7 +40,9 @@ def write_synthetic(path: Path):
     from olmo_flex_ext.checkpoint import LazyTensor, save_model
     from olmo_flex_ext.models import flex_olmo
 
-    config = flex_olmo(d_model=2048, n_layers=14, n_heads=16, vocab_size=100352, expert_widths=[8192, 8192])
+    config = flex_olmo(
+        d_model=2048, n_layers=14, n_heads=16, vocab_size=100352, expert_widths=[8192, 8192]
+    )
     shapes = {k: tuple(v.shape) for k, v in config.build(init_device="meta").state_dict().items()}
 
     def random(i: int, shape):
@@ -50,7 +52,9 @@ def write_synthetic(path: Path):
 
         return load
 
-    state = {k: LazyTensor(s, torch.bfloat16, random(i, s)) for i, (k, s) in enumerate(shapes.items())}
+    state = {
+        k: LazyTensor(s, torch.bfloat16, random(i, s)) for i, (k, s) in enumerate(shapes.items())
+    }
     save_model(path, config, state)
     return config
 
@@ -86,18 +90,33 @@ def run(tmp: Path) -> int:
         return 1
     size = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
     params = read_model_config(src).num_params
-    print(f"synthetic checkpoint: {params / 1e9:.2f}B params, {size / 1e9:.2f} GB on disk, written "
-          f"by save_model + LazyTensor in {secs:.0f} s with peak RSS {write_rss / 1e9:.2f} GB")
+    print(
+        f"synthetic checkpoint: {params / 1e9:.2f}B params, {size / 1e9:.2f} GB on disk, written "
+        f"by save_model + LazyTensor in {secs:.0f} s with peak RSS {write_rss / 1e9:.2f} GB"
+    )
     g = torch.Generator().manual_seed(0)
     ImportanceScores(
         [[torch.rand(8192, generator=g), torch.rand(8192, generator=g)] for _ in range(14)],
         {"model_fingerprint": checkpoint_fingerprint(src), "method": "synthetic"},
     ).save(scores_path)
 
-    code, base_rss, _ = run_measured([py, "-c", "import olmo_flex_ext.prune.slicing, olmo_flex_ext.cli"])
+    code, base_rss, _ = run_measured(
+        [py, "-c", "import olmo_flex_ext.prune.slicing, olmo_flex_ext.cli"]
+    )
     assert code == 0
-    cmd = [py, "-m", "olmo_flex_ext.cli", "prune", str(src), "--scores", str(scores_path),
-           "--widths", "8192,4096", "--out", str(out)]
+    cmd = [
+        py,
+        "-m",
+        "olmo_flex_ext.cli",
+        "prune",
+        str(src),
+        "--scores",
+        str(scores_path),
+        "--widths",
+        "8192,4096",
+        "--out",
+        str(out),
+    ]
     code, peak, secs = run_measured(cmd)
     if code != 0:
         print(f"prune failed with exit status {code}")
@@ -107,9 +126,11 @@ def run(tmp: Path) -> int:
     ((_, b),) = iter_tensors(out, [name])
     assert b.shape == (8192 + 4096, 2048) and torch.equal(a[:8192], b[:8192])
     ok = peak <= TARGET_BYTES
-    print(f"olmo-flex prune 8192,8192 -> 8192,4096: {secs:.0f} s, peak RSS {peak / 1e9:.2f} GB "
-          f"= {peak / size:.2f} x the checkpoint size (a process importing the same modules: "
-          f"{base_rss / 1e9:.2f} GB); target <= {TARGET_BYTES / 1e9:.2f} GB: {'ok' if ok else 'ABOVE'}")
+    print(
+        f"olmo-flex prune 8192,8192 -> 8192,4096: {secs:.0f} s, peak RSS {peak / 1e9:.2f} GB "
+        f"= {peak / size:.2f} x the checkpoint size (a process importing the same modules: "
+        f"{base_rss / 1e9:.2f} GB); target <= {TARGET_BYTES / 1e9:.2f} GB: {'ok' if ok else 'ABOVE'}"
+    )
     return 0 if ok else 1
 
 

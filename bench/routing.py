@@ -64,19 +64,28 @@ def variants(tokens: int, top_k: int, backward: bool) -> Dict[str, Callable[[], 
             out = fn()
             if backward:
                 out.backward(grad_out if out.shape == grad_out.shape else torch.ones_like(out))
+
         return go
 
     def routed():
         return mlp.forward_routed(x, weights, indices)
 
     def floor():
-        outs = [swiglu(xe, splits[0][e], splits[1][e], splits[2][e]) for e, xe in enumerate(grouped) if len(xe)]
+        outs = [
+            swiglu(xe, splits[0][e], splits[1][e], splits[2][e])
+            for e, xe in enumerate(grouped)
+            if len(xe)
+        ]
         return torch.cat(outs)
 
     def dense_same_flops():
         return swiglu(x, *dense)
 
-    return {"routed": run(routed), "grouped floor": run(floor), "dense same FLOPs": run(dense_same_flops)}
+    return {
+        "routed": run(routed),
+        "grouped floor": run(floor),
+        "dense same FLOPs": run(dense_same_flops),
+    }
 
 
 def measure(fns: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, float]:
@@ -99,7 +108,9 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="torch thread counts to measure with")
     args = parser.parse_args()
     *_, counts, width = setup(args.tokens, args.top_k)
-    print(f"{len(WIDTHS)} experts {WIDTHS}, top-{args.top_k}, {args.tokens} tokens, d_model {D_MODEL}")
+    print(
+        f"{len(WIDTHS)} experts {WIDTHS}, top-{args.top_k}, {args.tokens} tokens, d_model {D_MODEL}"
+    )
     print(f"tokens per expert {counts}; dense MLP of the same FLOPs has width {width}")
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)

@@ -79,7 +79,10 @@ def node_command(args, argv: List[str]) -> List[str]:
     """What each node runs (Gantry's torchrun wrapper followed by the launcher)."""
     rdzv = (
         ["--nnodes=$BEAKER_REPLICA_COUNT", "--node-rank=$BEAKER_REPLICA_RANK"]
-        + ["--rdzv-backend=static", "--rdzv-endpoint=$BEAKER_LEADER_REPLICA_HOSTNAME:$GANTRY_RDZV_PORT"]
+        + [
+            "--rdzv-backend=static",
+            "--rdzv-endpoint=$BEAKER_LEADER_REPLICA_HOSTNAME:$GANTRY_RDZV_PORT",
+        ]
         if args.nodes > 1
         else []
     )

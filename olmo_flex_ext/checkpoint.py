@@ -138,7 +138,9 @@ def check_output(out: Union[str, Path], overwrite: bool = False) -> None:
     """Raise :class:`CheckpointError` if ``out`` exists and may not be replaced (commands claim
     their outputs with :func:`olmo_flex_ext.outputs.claim_output`, which checks this and more)."""
     if Path(out).exists() and not overwrite:
-        raise CheckpointError(f"output {out} already exists; choose another path or pass --overwrite")
+        raise CheckpointError(
+            f"output {out} already exists; choose another path or pass --overwrite"
+        )
 
 
 def checkpoint_inputs(path: Union[str, Path]) -> List[Path]:
@@ -252,13 +254,19 @@ def resolve_checkpoint(path: Union[str, Path]) -> Path:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint {p} does not exist")
-    if (p / CONFIG_FILE).exists() and ((p / ".metadata").exists() or (p / "model_and_optim").exists()):
+    if (p / CONFIG_FILE).exists() and (
+        (p / ".metadata").exists() or (p / "model_and_optim").exists()
+    ):
         return p
-    steps = sorted(
-        (int(m.group(1)), c)
-        for c in p.iterdir()
-        if (m := _STEP_RE.match(c.name)) and (c / CONFIG_FILE).exists()
-    ) if p.is_dir() else []
+    steps = (
+        sorted(
+            (int(m.group(1)), c)
+            for c in p.iterdir()
+            if (m := _STEP_RE.match(c.name)) and (c / CONFIG_FILE).exists()
+        )
+        if p.is_dir()
+        else []
+    )
     if steps:
         return steps[-1][1]
     raise CheckpointError(
@@ -323,9 +331,7 @@ def verify_checkpoint(path: Union[str, Path]) -> str:
     for name, tensor in iter_tensors(p, names):
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise DamagedFileError(
-                f"tensor {name} of {wdir} has {bad:,d} NaN or infinite values"
-            )
+            raise DamagedFileError(f"tensor {name} of {wdir} has {bad:,d} NaN or infinite values")
     return f"{len(names)} tensors read and finite (no recorded hashes)"
 
 
@@ -337,7 +343,7 @@ def tensor_meta(path: Union[str, Path]) -> Dict[str, Tuple[Tuple[int, ...], torc
     out = {}
     for key, m in meta.state_dict_metadata.items():
         if key.startswith(MODEL_PREFIX) and hasattr(m, "size"):
-            name, shape = key[len(MODEL_PREFIX):], tuple(m.size)
+            name, shape = key[len(MODEL_PREFIX) :], tuple(m.size)
             if conversion is not None:
                 shape = conversion.read_shape(name, shape)
             out[name] = (shape, m.properties.dtype)
@@ -349,7 +355,9 @@ def tensor_shapes(path: Union[str, Path]) -> Dict[str, Tuple[int, ...]]:
     return {name: shape for name, (shape, _) in tensor_meta(path).items()}
 
 
-def iter_tensors(path: Union[str, Path], names: Iterable[str]) -> Iterator[Tuple[str, torch.Tensor]]:
+def iter_tensors(
+    path: Union[str, Path], names: Iterable[str]
+) -> Iterator[Tuple[str, torch.Tensor]]:
     """Load the named model tensors of a checkpoint one at a time (for streaming tools); the
     expert tensors of a stock OLMo-core MoE checkpoint are converted as they are read.
 
@@ -427,6 +435,7 @@ def _set_full_tensor(target: torch.Tensor, full: torch.Tensor) -> None:
 
 def lazy_state(path: Union[str, Path]) -> Dict[str, LazyTensor]:
     """A checkpoint's model weights as :class:`LazyTensor` s that each load one tensor on demand."""
+
     def loader(name: str) -> Callable[[], torch.Tensor]:
         def load() -> torch.Tensor:
             ((_, tensor),) = iter_tensors(path, [name])

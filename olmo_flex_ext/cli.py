@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prune, distill and compose FlexOlmo experts of any width (OLMo-core).",
     )
     parser.add_argument(
-        "--verbose", action="store_true",
+        "--verbose",
+        action="store_true",
         help="show library warnings and logs (given anywhere on the command line; by default a "
         "command prints only its own output, and a failing one a single error: line)",
     )

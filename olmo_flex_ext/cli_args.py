@@ -45,19 +45,23 @@ def add_checkpoint(
     p: argparse.ArgumentParser, dest: str = "checkpoint", metavar: str = "CKPT", help: str = ""
 ) -> None:
     """A positional checkpoint argument (anything :func:`checkpoint.resolve_checkpoint` takes)."""
-    p.add_argument(dest, metavar=metavar, help=f"{help}: {CHECKPOINT_HELP}" if help else CHECKPOINT_HELP)
+    p.add_argument(
+        dest, metavar=metavar, help=f"{help}: {CHECKPOINT_HELP}" if help else CHECKPOINT_HELP
+    )
 
 
 def add_overwrite(p: argparse.ArgumentParser, what: str = "the output") -> None:
     p.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help=f"replace {what} if it exists (once the new one is complete; never an input)",
     )
 
 
 def add_verify(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--verify", action="store_true",
+        "--verify",
+        action="store_true",
         help="first check every weight file of the input checkpoint(s) against the SHA-256 "
         "recorded when it was written (reads them once; sizes are always checked)",
     )
@@ -78,23 +82,38 @@ def add_token_data(
     (``--batch-size``: left out)."""
     if data:
         p.add_argument(
-            "--data", action="append", required=True, metavar="GLOB",
+            "--data",
+            action="append",
+            required=True,
+            metavar="GLOB",
             help="OLMo-core token files (glob); repeat or comma-separate for several",
         )
     p.add_argument(
-        "--seq-len", type=int, required=seq_len is None, default=seq_len,
+        "--seq-len",
+        type=int,
+        required=seq_len is None,
+        default=seq_len,
         help="tokens per sequence" + (f" (default {seq_len})" if seq_len else ""),
     )
     if with_num_seqs:
         p.add_argument(
-            "--num-seqs", type=int, required=num_seqs is None, default=num_seqs,
-            help="sequences, spread evenly over the files" + (f" (default {num_seqs})" if num_seqs else ""),
+            "--num-seqs",
+            type=int,
+            required=num_seqs is None,
+            default=num_seqs,
+            help="sequences, spread evenly over the files"
+            + (f" (default {num_seqs})" if num_seqs else ""),
         )
     if batch_size is not None:
-        p.add_argument("--batch-size", type=int, default=batch_size,
-                       help=f"{batch_help} (default {batch_size})")
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            default=batch_size,
+            help=f"{batch_help} (default {batch_size})",
+        )
     p.add_argument(
-        "--dtype", choices=TOKEN_DTYPES,
+        "--dtype",
+        choices=TOKEN_DTYPES,
         help="token dtype of the files (default: uint16 if the vocabulary fits, else uint32)",
     )
 
@@ -112,9 +131,12 @@ def add_weight_dtype(
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=["cpu", "cuda"],
-                   help="where the model runs (default: cuda if available; under torchrun each "
-                   "rank uses cuda:LOCAL_RANK)")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="where the model runs (default: cuda if available; under torchrun each "
+        "rank uses cuda:LOCAL_RANK)",
+    )
 
 
 def int_list(text: str) -> List[int]:

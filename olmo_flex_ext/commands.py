@@ -70,7 +70,9 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="train config file, e.g. train_configs/flex_math_5504.py")
     p.add_argument("--world-size", type=int, default=8, help="number of GPUs (default 8)")
     p.add_argument("--gpu", default="h100", choices=gpus, help="GPU kind (default h100)")
-    p.add_argument("--gpu-memory", default=None, help="memory per GPU, e.g. 80GB (default: the GPU's)")
+    p.add_argument(
+        "--gpu-memory", default=None, help="memory per GPU, e.g. 80GB (default: the GPU's)"
+    )
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (default 0.4)")
     p.add_argument("--headroom", type=float, default=0.1,
                    help="share of GPU memory kept free for CUDA context, NCCL, fragmentation (0.1)")  # fmt: skip

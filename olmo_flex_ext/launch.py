@@ -49,8 +49,11 @@ def parse_args(argv: Optional[List[str]] = None):
     )
     parser.add_argument("config", help="train config file, e.g. train_configs/tiny_flex.py")
     parser.add_argument("--dry-run", action="store_true", help="print the config and exit")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show library warnings while the config loads, and tracebacks")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show library warnings while the config loads, and tracebacks",
+    )
     return parser.parse_known_args(argv)
 
 

@@ -316,9 +316,7 @@ def get_model_config(name: str) -> TransformerConfig:
         return flex_olmo_2x7b(int(m.group(1)))
     if m := re.fullmatch(r"tiny-flex-(\d+(?:x\d+)+)", name):
         return tiny_flex([int(w) for w in m.group(1).split("x")])
-    raise OLMoConfigurationError(
-        f"unknown model name {name!r}; known: {', '.join(model_names())}"
-    )
+    raise OLMoConfigurationError(f"unknown model name {name!r}; known: {', '.join(model_names())}")
 
 
 def olmo2_dense(

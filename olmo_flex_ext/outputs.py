@@ -201,8 +201,10 @@ class _Lock:
         pause = min(self.wait, STALE_AFTER - self._age() + 1.0)
         if pause <= 0:
             return False
-        note(f"{self.path} is held by {describe(holder)}; waiting {pause:.0f} s to see whether "
-             "that process still refreshes it")
+        note(
+            f"{self.path} is held by {describe(holder)}; waiting {pause:.0f} s to see whether "
+            "that process still refreshes it"
+        )
         time.sleep(pause)
         self.wait = 0.0  # once: a lock refreshed meanwhile belongs to a live process
         return not self.path.exists() or self.path.stat().st_mtime == before
@@ -384,7 +386,9 @@ def _check_existing(out: Path, kind: str, may_exist: bool) -> None:
         if kind == "dir" and not out.is_dir():
             raise OutputError(f"output {out} is a file; give the path of a directory to write")
         if not may_exist:
-            raise OutputError(f"output {out} already exists; choose another path or pass --overwrite")
+            raise OutputError(
+                f"output {out} already exists; choose another path or pass --overwrite"
+            )
 
 
 def check_commit(out: PathLike, *, overwrite: Optional[bool] = None) -> None:

@@ -221,7 +221,11 @@ class SafeDCPReader(FileSystemReader):
 
 
 def _item_error(directory: Path, item: Optional[_StorageInfo], e: Exception) -> UserError:
-    where = f"{directory / item.relative_path} (bytes {item.offset:,d}+{item.length:,d})" if item else str(directory)
+    where = (
+        f"{directory / item.relative_path} (bytes {item.offset:,d}+{item.length:,d})"
+        if item
+        else str(directory)
+    )
     if isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e).replace(" ", "_").lower():
         return UnsafeFileError(
             f"{where} holds objects other than tensors (loading it could run code); it was not "
@@ -378,7 +382,9 @@ def weight_file_digests(directory: PathLike) -> Dict[str, Dict[str, Any]]:
     d = Path(directory)
     files = [f for f in sorted(d.iterdir())
              if f.is_file() and (f.name == METADATA_FILE or f.suffix == ".distcp")]  # fmt: skip
-    return {f.name: {"bytes": f.stat().st_size, "sha256": h} for f, h in zip(files, _sha256_many(files))}
+    return {
+        f.name: {"bytes": f.stat().st_size, "sha256": h} for f, h in zip(files, _sha256_many(files))
+    }
 
 
 def check_weight_files(

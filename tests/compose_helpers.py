@@ -24,7 +24,9 @@ def _moe(model, i):
 def grow_expert(public: torch.nn.Module, widths, seed: int):
     """A 2-expert model with ``public``'s shared weights, public rows and public router row, and a
     fresh domain expert of ``widths`` (one int, or one per layer)."""
-    per_layer = [[PUBLIC, w] for w in widths] if isinstance(widths, (list, tuple)) else [PUBLIC, widths]
+    per_layer = (
+        [[PUBLIC, w] for w in widths] if isinstance(widths, (list, tuple)) else [PUBLIC, widths]
+    )
     torch.manual_seed(seed)
     model = tiny_flex(per_layer, d_model=D_MODEL).build(init_device="cpu")
     with torch.no_grad():
@@ -113,5 +115,7 @@ def reference_merged_model(paths: Sequence[Path], top_k: int):
                 experts.append({n: getattr(mlp, n)[:pub].detach() for n in ("w1", "w2", "w3")})
             experts.append({n: getattr(mlp, n)[pub:].detach() for n in ("w1", "w2", "w3")})
             rows.append(_moe(m, i).router.weight.view(2, D_MODEL)[1])
-        base.blocks[str(i)].feed_forward_moe = ReferenceMoE(torch.stack(rows).detach(), experts, top_k)
+        base.blocks[str(i)].feed_forward_moe = ReferenceMoE(
+            torch.stack(rows).detach(), experts, top_k
+        )
     return base

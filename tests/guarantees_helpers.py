@@ -80,7 +80,9 @@ def build_inputs(root: Path) -> Inputs:
     export_hf(ck, root / "hf")
     corpus = root / "corpus" / "docs.jsonl"
     corpus.parent.mkdir()
-    corpus.write_text("".join(json.dumps({"text": f"document {i} says 12 + {i}"}) + "\n" for i in range(40)))
+    corpus.write_text(
+        "".join(json.dumps({"text": f"document {i} says 12 + {i}"}) + "\n" for i in range(40))
+    )
     texts = [f"the number {i} and {i * 7} words" for i in range(200)]
     tokenizer = train_bpe_tokenizer(texts, root / "tokenizer", vocab_size=300)
     return Inputs(root, ck, other, run, data, root / "scores.safetensors", root / "widths.json",
@@ -111,9 +113,11 @@ def tree_diff(before: Dict, after: Dict) -> List[str]:
     added = sorted(set(after) - set(before))
     removed = sorted(set(before) - set(after))
     changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
-    return [f"added {p}" for p in added] + [f"removed {p}" for p in removed] + [
-        f"changed {p}" for p in changed
-    ]
+    return (
+        [f"added {p}" for p in added]
+        + [f"removed {p}" for p in removed]
+        + [f"changed {p}" for p in changed]
+    )
 
 
 # ---- damaging and forging -----------------------------------------------------------------------
@@ -158,7 +162,9 @@ def forge_data_item(ckpt_dir: Path, marker: Path) -> None:
     torch.save(Marker(marker), blob)
     key = next(iter(meta.storage_data))
     info = meta.storage_data[key]
-    meta.storage_data[key] = type(info)(relative_path=blob.name, offset=0, length=blob.stat().st_size)
+    meta.storage_data[key] = type(info)(
+        relative_path=blob.name, offset=0, length=blob.stat().st_size
+    )
     meta_file.write_bytes(pickle.dumps(meta))
 
 
@@ -214,7 +220,9 @@ def run_subprocess(argv: Sequence[str], timeout: float = 300, **env: str) -> Tup
 def assert_refused(code: int, err: str, expect: Sequence[str]) -> None:
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, f"exit status {code}, stderr:\n{err}"
-    assert len(lines) == 1 and lines[0].startswith("error: "), f"stderr is not one error line:\n{err}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), (
+        f"stderr is not one error line:\n{err}"
+    )
     assert "Traceback" not in err
     for text in expect:
         assert text in lines[0], f"{text!r} not in: {lines[0]}"

@@ -51,4 +51,6 @@ def batches(paths: List[str], seq_len: int, num_seqs: int) -> torch.Tensor:
 def lm_loss(model, tokens: torch.Tensor) -> float:
     with torch.no_grad():
         logits = model(tokens[:, :-1])
-        return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)))
+        return float(
+            F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        )

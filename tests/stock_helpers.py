@@ -125,7 +125,9 @@ def is_expert(name: str) -> bool:
     return ".feed_forward_moe.experts.mlp.w" in name
 
 
-def variable_rows(name: str, stored: torch.Tensor, layout: str, experts: int, hidden: int) -> torch.Tensor:
+def variable_rows(
+    name: str, stored: torch.Tensor, layout: str, experts: int, hidden: int
+) -> torch.Tensor:
     """The variable-width tensor (expert e's rows (hidden, d_model) in turn) of a stock-stored
     expert weight, by the views OLMo-core's MoEMLP / DroplessMoEMLP take of it."""
     d = stored.numel() // (experts * hidden)
@@ -136,7 +138,9 @@ def variable_rows(name: str, stored: torch.Tensor, layout: str, experts: int, hi
     return torch.cat(per_expert)
 
 
-def stock_storage(name: str, rows: torch.Tensor, layout: str, experts: int, hidden: int) -> torch.Tensor:
+def stock_storage(
+    name: str, rows: torch.Tensor, layout: str, experts: int, hidden: int
+) -> torch.Tensor:
     """The inverse of :func:`variable_rows` (equal widths)."""
     d = rows.shape[1]
     per_expert = rows.view(experts, hidden, d)

@@ -97,6 +97,10 @@ def test_slurm_dry_run_prints_srun_torchrun(tmp_path):
 
     missing = subprocess.run(
         ["bash", "launch/slurm.sbatch", "train_configs/nope.py"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert missing.returncode == 2 and "does not exist" in missing.stderr

@@ -21,7 +21,9 @@ print(json.dumps({"commands": commands, "heavy": heavy}))
 
 def test_building_the_parser_imports_neither_torch_nor_olmo_core():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))  # this checkout's package
-    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", CODE], capture_output=True, text=True, check=True, env=env
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"importance", "prune", "merge", "logprobs", "export-hf"} <= set(result["commands"])
     assert result["heavy"] == [], result["heavy"]

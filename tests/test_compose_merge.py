@@ -54,7 +54,9 @@ def test_merged_logits_equal_reference_from_inputs(experts, merged, top_k):
 def test_opt_out_equals_model_merged_without_that_expert(experts, merged, top_k, tmp_path):
     # expert 2 is the second input's domain expert
     without = load_model(
-        merge_experts([experts[0], experts[2]], tmp_path / "without", top_k=min(top_k, 3), progress=False)
+        merge_experts(
+            [experts[0], experts[2]], tmp_path / "without", top_k=min(top_k, 3), progress=False
+        )
     )
     expected = _logits(without)
 
@@ -64,7 +66,15 @@ def test_opt_out_equals_model_merged_without_that_expert(experts, merged, top_k,
     switched = write_opt_out(merged[top_k], tmp_path / "optout", [2])  # config setting
     assert torch.equal(_logits(load_model(switched)), expected)
 
-    drop = ["opt-out", str(merged[top_k]), "--experts", "2", "--out", str(tmp_path / "drop"), "--drop"]
+    drop = [
+        "opt-out",
+        str(merged[top_k]),
+        "--experts",
+        "2",
+        "--out",
+        str(tmp_path / "drop"),
+        "--drop",
+    ]
     assert cli(drop) == 0
     dropped = load_model(tmp_path / "drop")
     torch.testing.assert_close(_logits(dropped), expected, rtol=0, atol=1e-6)
@@ -104,7 +114,16 @@ def _domain_tokens(root: Path, name: str, seed: int) -> str:
 def test_router_rows_equal_domain_embeddings(experts, tmp_path):
     data = [f"d{k}={_domain_tokens(tmp_path / 'data', f'd{k}', seed=50 + k)}" for k in range(3)]
     emb_path = tmp_path / "emb.safetensors"
-    args = ["domain-embed", str(experts[0]), "--seq-len", "32", "--num-seqs", "6", "--out", str(emb_path)]
+    args = [
+        "domain-embed",
+        str(experts[0]),
+        "--seq-len",
+        "32",
+        "--num-seqs",
+        "6",
+        "--out",
+        str(emb_path),
+    ]
     for d in data:
         args += ["--data", d]
     assert cli(args) == 0
@@ -116,7 +135,9 @@ def test_router_rows_equal_domain_embeddings(experts, tmp_path):
     from olmo_flex_ext.data.tokens import TokenFiles
 
     files = TokenFiles(data[1].split("=")[1], np.uint16)
-    ids = torch.from_numpy(np.stack([files.read(w) for w in files.sample_windows(32, 6)]).astype(np.int64))
+    ids = torch.from_numpy(
+        np.stack([files.read(w) for w in files.sample_windows(32, 6)]).astype(np.int64)
+    )
     inputs = {}
     hooks = [
         b.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
@@ -126,16 +147,34 @@ def test_router_rows_equal_domain_embeddings(experts, tmp_path):
         public(ids)
         for i, block in enumerate(public.blocks.values()):
             h = inputs[i] + block.attention_norm(block.attention(inputs[i]))
-            torch.testing.assert_close(emb.vectors[1][i], h.reshape(-1, D_MODEL).mean(0), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                emb.vectors[1][i], h.reshape(-1, D_MODEL).mean(0), rtol=1e-4, atol=1e-5
+            )
     for h in hooks:
         h.remove()
 
     out = tmp_path / "merged"
-    assert cli(["merge", *map(str, experts), "--top-k", "2", "--out", str(out), "--router-from", str(emb_path)]) == 0
+    assert (
+        cli(
+            [
+                "merge",
+                *map(str, experts),
+                "--top-k",
+                "2",
+                "--out",
+                str(out),
+                "--router-from",
+                str(emb_path),
+            ]
+        )
+        == 0
+    )
     model = load_model(out)
     for i, block in enumerate(model.blocks.values()):
         rows = block.feed_forward_moe.router.weight.view(4, D_MODEL)
-        public_row = load_model(experts[0]).blocks[str(i)].feed_forward_moe.router.weight.view(2, D_MODEL)[0]
+        public_row = (
+            load_model(experts[0]).blocks[str(i)].feed_forward_moe.router.weight.view(2, D_MODEL)[0]
+        )
         assert torch.equal(rows[0], public_row)  # one embedding per input: public row kept
         for k in range(3):
             assert torch.equal(rows[k + 1], emb.vectors[k][i])
@@ -151,9 +190,13 @@ def test_router_only_training_changes_nothing_else(merged, tmp_path, monkeypatch
     run = tmp_path / "run"
     config = load_experiment(
         str(REPO / "train_configs/tiny_flex_router.py"),
-        [f"--load_path={merged[2]}", f"--trainer.save_folder={run}",
-         f"--dataset.work_dir={tmp_path / 'cache'}", "--trainer.max_duration.value=3",
-         "--trainer.callbacks.wandb.enabled=false"],
+        [
+            f"--load_path={merged[2]}",
+            f"--trainer.save_folder={run}",
+            f"--dataset.work_dir={tmp_path / 'cache'}",
+            "--trainer.max_duration.value=3",
+            "--trainer.callbacks.wandb.enabled=false",
+        ],
     )
     assert config.model.freeze_params == ROUTER_ONLY_FREEZE
     check_parallelism(config)
@@ -175,7 +218,9 @@ def test_merge_keeps_expert_bias_entries(tmp_path):
         return moe
 
     torch.manual_seed(0)
-    public = map_moe_configs(tiny_flex([32, 16], d_model=D_MODEL), with_bias).build(init_device="cpu")
+    public = map_moe_configs(tiny_flex([32, 16], d_model=D_MODEL), with_bias).build(
+        init_device="cpu"
+    )
     paths = []
     for k, w in enumerate([16, 8]):
         config = map_moe_configs(tiny_flex([32, w], d_model=D_MODEL), with_bias)

@@ -73,11 +73,15 @@ def test_one_line_per_stage_and_everything_else_in_its_log(tmp_path):
     out, err = done.stdout, done.stderr
     lines = [line for line in out.splitlines() if line.strip()]
     assert lines[0].startswith("✓ one") and lines[0].endswith("n=1"), out
-    assert lines[1].startswith("✓ two") and lines[2].startswith("· one") and "done earlier" in lines[2]
+    assert (
+        lines[1].startswith("✓ two") and lines[2].startswith("· one") and "done earlier" in lines[2]
+    )
     assert lines[3].startswith("✗ three") and "ValueError: stage three broke" in lines[3]
     log3 = tmp_path / "logs" / "three.log"
     assert "stage three broke" in out and f"full log: {log3}" in out
-    assert "stdout of stage" not in out.replace("stdout of stage 3", "") + err.replace(str(log3), "")
+    assert "stdout of stage" not in out.replace("stdout of stage 3", "") + err.replace(
+        str(log3), ""
+    )
     assert "library warning" not in err and "straight to fd" not in err
     assert err.startswith("raised: stage three failed") and str(log3) in err
     for n, name in ((1, "one"), (2, "two"), (3, "three")):

@@ -58,7 +58,9 @@ def test_quick_demo_results(quick):
     rows = validate_results(out / "results.json")
     assert [r.kind for r in rows[:2]] == ["public", "full"]
     variants = [str(w) for w in CONFIG.widths()] + [f"budget{CONFIG.budget_width()}"]
-    assert [r.name for r in rows[2:]] == [f"{k}-{v}" for v in variants for k in ("pruned", "distilled")]
+    assert [r.name for r in rows[2:]] == [
+        f"{k}-{v}" for v in variants for k in ("pruned", "distilled")
+    ]
     assert [r.kind for r in rows[2:]] == ["pruned", "pruned+kd"] * len(variants)
     public, full = rows[:2]
     for pruned, kd, width in zip(rows[2::2], rows[3::2], CONFIG.widths() + [None]):
@@ -98,8 +100,12 @@ def test_quick_demo_composition_and_report(quick):
     assert rows["math expert"]["math_loss"] < public["math_loss"]
     assert rows["code expert"]["code_loss"] < public["code_loss"]
     math_off, code_off = rows["tuned, math opted out"], rows["tuned, code opted out"]
-    assert math_off["math_loss"] > tuned["math_loss"] and math_off["code_loss"] < public["code_loss"]
-    assert code_off["code_loss"] > tuned["code_loss"] and code_off["math_loss"] < public["math_loss"]
+    assert (
+        math_off["math_loss"] > tuned["math_loss"] and math_off["code_loss"] < public["code_loss"]
+    )
+    assert (
+        code_off["code_loss"] > tuned["code_loss"] and code_off["math_loss"] < public["math_loss"]
+    )
 
     md = (out / "report.md").read_text()
     assert "## Checks" in md and "## Composition" in md and "| merged + router tuning |" in md

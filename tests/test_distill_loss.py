@@ -104,8 +104,14 @@ def test_config_errors():
         KDLossConfig(kd_weight=0.0, ce_weight=0.0).validate()
 
 
-@pytest.mark.parametrize("cfg", [KDLossConfig(), KDLossConfig(temperature=2.0, ce_weight=0.5),
-                                 KDLossConfig(rest_bucket=True, ce_weight=1.0)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        KDLossConfig(),
+        KDLossConfig(temperature=2.0, ce_weight=0.5),
+        KDLossConfig(rest_bucket=True, ce_weight=1.0),
+    ],
+)
 def test_loss_runs_on_fake_tensors(cfg):
     """No branch on tensor values: forward and backward trace on fake tensors (memory plans)."""
     from torch._subclasses.fake_tensor import FakeTensorMode

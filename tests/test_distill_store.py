@@ -38,8 +38,14 @@ def env(tmp_path_factory):
     # 3000 tokens per file: 46 full windows of 64 and a 56-token tail each
     data = ensure_synthetic_tokens(root / "data", vocab_size=512, num_files=2, tokens_per_file=3000)
     store = generate_store(
-        teacher, data, seq_len=SEQ, k=K, out=root / "store", tokenizer=TINY_TOKENIZER,
-        windows_per_chunk=CHUNK, progress=False,
+        teacher,
+        data,
+        seq_len=SEQ,
+        k=K,
+        out=root / "store",
+        tokenizer=TINY_TOKENIZER,
+        windows_per_chunk=CHUNK,
+        progress=False,
     )
     return dict(root=root, teacher=teacher, data=data, store=store)
 
@@ -75,9 +81,7 @@ def test_store_equals_independent_topk(env):
             want_lps, want_ids = lp.topk(K, -1)
             ids, lps = store.read(int(files.offsets[f]) + start, len(x))
             assert np.array_equal(np.sort(want_ids.numpy(), 1), ids)
-            want_sorted = np.take_along_axis(
-                want_lps.numpy(), np.argsort(want_ids.numpy(), 1), 1
-            )
+            want_sorted = np.take_along_axis(want_lps.numpy(), np.argsort(want_ids.numpy(), 1), 1)
             np.testing.assert_allclose(lps, want_sorted, rtol=2**-8, atol=1e-6)
     # reads across chunk and file boundaries equal the concatenation of smaller reads
     a = store.read(500, 3000)
@@ -87,8 +91,9 @@ def test_store_equals_independent_topk(env):
 
 def test_resume_after_interruption_is_identical(env, tmp_path):
     out = tmp_path / "store"
-    kw = dict(seq_len=SEQ, k=K, out=out, tokenizer=TINY_TOKENIZER, windows_per_chunk=CHUNK,
-              progress=False)
+    kw = dict(
+        seq_len=SEQ, k=K, out=out, tokenizer=TINY_TOKENIZER, windows_per_chunk=CHUNK, progress=False
+    )
     assert generate_store(env["teacher"], env["data"], max_chunks=3, **kw) is None
     work = partial_dir(out)
     assert not out.exists() and len(list(work.glob("chunk-*.bin"))) == 3
@@ -97,23 +102,48 @@ def test_resume_after_interruption_is_identical(env, tmp_path):
         generate_store(env["teacher"], env["data"], **{**kw, "k": 8})
     # finish on two ranks through the command line
     env_vars = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "olmo_flex_ext.cli", "logprobs", str(env["teacher"]), "--data",
-           ",".join(env["data"]), "--seq-len", str(SEQ), "--top-k", str(K), "--out", str(out),
-           "--chunk-windows", str(CHUNK), "--tokenizer", "tiny"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "olmo_flex_ext.cli",
+        "logprobs",
+        str(env["teacher"]),
+        "--data",
+        ",".join(env["data"]),
+        "--seq-len",
+        str(SEQ),
+        "--top-k",
+        str(K),
+        "--out",
+        str(out),
+        "--chunk-windows",
+        str(CHUNK),
+        "--tokenizer",
+        "tiny",
+    ]
     proc = subprocess.run(cmd, env=env_vars, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not work.exists()
     ref = env["store"].path
-    assert json.loads((out / "meta.json").read_text()) == json.loads((ref / "meta.json").read_text())
+    assert json.loads((out / "meta.json").read_text()) == json.loads(
+        (ref / "meta.json").read_text()
+    )
     for f in sorted(ref.glob("chunk-*.bin")):
         assert (out / f.name).read_bytes() == f.read_bytes(), f.name
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir())
 
 
 def _dataset(env, **kw):
-    args = dict(paths=env["data"], sequence_length=SEQ, tokenizer=TINY_TOKENIZER,
-                topk_store=str(env["store"].path))
+    args = dict(
+        paths=env["data"],
+        sequence_length=SEQ,
+        tokenizer=TINY_TOKENIZER,
+        topk_store=str(env["store"].path),
+    )
     return TopKFSLDatasetConfig(**{**args, **kw})
 
 
@@ -128,8 +158,9 @@ def test_dataset_validates_store(env, tmp_path):
     other_tok = TokenizerConfig(vocab_size=512, eos_token_id=2, pad_token_id=1)
     with pytest.raises(TopKStoreError, match="another tokenizer.*eos_token_id"):
         _dataset(env, tokenizer=other_tok).build()
-    other = ensure_synthetic_tokens(tmp_path / "other", vocab_size=512, num_files=2,
-                                    tokens_per_file=3000, seed=5)
+    other = ensure_synthetic_tokens(
+        tmp_path / "other", vocab_size=512, num_files=2, tokens_per_file=3000, seed=5
+    )
     with pytest.raises(TopKStoreError, match="other token files.*different content"):
         _dataset(env, paths=other).build()
     with pytest.raises(TopKStoreError, match="vocabulary of 512 but the model has 1,024"):
@@ -149,5 +180,12 @@ def test_damaged_or_unfinished_store(env, tmp_path):
     with pytest.raises(TopKStoreError, match="not a top-k store"):
         TopKStore(bad)
     with pytest.raises(TopKStoreError, match="already exists"):
-        generate_store(env["teacher"], env["data"], seq_len=SEQ, k=K, out=env["store"].path,
-                       tokenizer=TINY_TOKENIZER, progress=False)
+        generate_store(
+            env["teacher"],
+            env["data"],
+            seq_len=SEQ,
+            k=K,
+            out=env["store"].path,
+            tokenizer=TINY_TOKENIZER,
+            progress=False,
+        )

@@ -45,11 +45,20 @@ def build_config():
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("kd")
-    data = ensure_synthetic_tokens(root / "data", vocab_size=512, num_files=2, tokens_per_file=16384)
+    data = ensure_synthetic_tokens(
+        root / "data", vocab_size=512, num_files=2, tokens_per_file=16384
+    )
     teacher = train_teacher(root / "teacher", data, steps=120)
     student = prune_first(teacher, root / "student")
-    store = generate_store(teacher, data, seq_len=SEQ, k=K, out=root / "store",
-                           tokenizer=TINY_TOKENIZER, progress=False)
+    store = generate_store(
+        teacher,
+        data,
+        seq_len=SEQ,
+        k=K,
+        out=root / "store",
+        tokenizer=TINY_TOKENIZER,
+        progress=False,
+    )
     overrides = [
         f"--load_path={student}",
         f"--model.block.feed_forward_moe.expert_widths=[{TEACHER_WIDTHS[0]},{PRUNED_WIDTH}]",
@@ -65,18 +74,28 @@ def env(tmp_path_factory):
         "--trainer.save_overwrite=true",  # the metric saver writes the last step twice
     ]
     wrapper = root / "kd_config.py"
-    wrapper.write_text(WRAPPER.format(
-        config=str(REPO / "train_configs" / "tiny_flex_math_kd.py"), overrides=overrides
-    ))
-    return dict(root=root, data=data, teacher=teacher, student=student, store=store,
-                wrapper=wrapper)
+    wrapper.write_text(
+        WRAPPER.format(
+            config=str(REPO / "train_configs" / "tiny_flex_math_kd.py"), overrides=overrides
+        )
+    )
+    return dict(
+        root=root, data=data, teacher=teacher, student=student, store=store, wrapper=wrapper
+    )
 
 
 def _run(env, name, steps, *extra):
     run = env["root"] / name
-    launch([str(env["wrapper"]), f"--trainer.save_folder={run}",
-            f"--dataset.work_dir={run}/dataset-cache", f"--trainer.max_duration.value={steps}",
-            f"--trainer.callbacks.checkpointer.save_interval={steps}", *extra])
+    launch(
+        [
+            str(env["wrapper"]),
+            f"--trainer.save_folder={run}",
+            f"--dataset.work_dir={run}/dataset-cache",
+            f"--trainer.max_duration.value={steps}",
+            f"--trainer.callbacks.checkpointer.save_interval={steps}",
+            *extra,
+        ]
+    )
     return run
 
 
@@ -85,8 +104,12 @@ def _metric(run, step, name):
 
 
 def test_dataset_items_carry_the_teachers_topk(env):
-    config = TopKFSLDatasetConfig(paths=env["data"], sequence_length=SEQ,
-                                  tokenizer=TINY_TOKENIZER, topk_store=str(env["store"].path))
+    config = TopKFSLDatasetConfig(
+        paths=env["data"],
+        sequence_length=SEQ,
+        tokenizer=TINY_TOKENIZER,
+        topk_store=str(env["store"].path),
+    )
     dataset = config.build()
     teacher = load_model(str(env["teacher"]))
     for index in (0, 5, len(dataset) // 2 + 3, len(dataset) - 1):  # both files
@@ -124,17 +147,32 @@ def _check_expert_only(run_step, student):
 def test_two_fsdp_ranks_match_one_and_expert_only_is_exact(env):
     single = _run(env, "single", 10)
     run = env["root"] / "fsdp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "olmo_flex_ext.launch", str(env["wrapper"]), f"--trainer.save_folder={run}",
-           f"--dataset.work_dir={run}/dataset-cache", "--trainer.max_duration.value=10",
-           "--trainer.callbacks.checkpointer.save_interval=10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "olmo_flex_ext.launch",
+        str(env["wrapper"]),
+        f"--trainer.save_folder={run}",
+        f"--dataset.work_dir={run}/dataset-cache",
+        "--trainer.max_duration.value=10",
+        "--trainer.callbacks.checkpointer.save_interval=10",
+    ]
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=600,
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    losses = [(_metric(single, s, "train/KD loss"), _metric(run, s, "train/KD loss"))
-              for s in range(1, 11)]
+    losses = [
+        (_metric(single, s, "train/KD loss"), _metric(run, s, "train/KD loss"))
+        for s in range(1, 11)
+    ]
     assert abs(losses[0][0] - losses[0][1]) < 1e-5
     assert max(abs(a - b) for a, b in losses) < 1e-3
     assert losses[-1][0] < losses[0][0]
@@ -157,11 +195,16 @@ def test_bf16_params_on_two_fsdp_ranks_track_float32(env):
            "--train_module.dp_config.param_dtype=bfloat16",
            "--train_module.dp_config.reduce_dtype=float32"]  # fmt: skip
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=600,
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    pairs = [(_metric(fp32, s, "train/KD loss"), _metric(run, s, "train/KD loss")) for s in range(1, 11)]
+    pairs = [
+        (_metric(fp32, s, "train/KD loss"), _metric(run, s, "train/KD loss")) for s in range(1, 11)
+    ]
     assert all(abs(a - b) <= 0.02 * a for a, b in pairs), pairs  # bfloat16 rounding, not drift
     assert pairs[-1][1] < 0.9 * pairs[0][1]
     assert load_model(str(run / "step10")).blocks["0"].attention.w_q.weight.dtype == torch.float32
@@ -169,8 +212,13 @@ def test_bf16_params_on_two_fsdp_ranks_track_float32(env):
 
 def test_online_teacher_matches_the_store(env):
     store = _run(env, "store_mode", 2)
-    online = _run(env, "online_mode", 2, "--train_module.online_teacher=true",
-                  f"--train_module.teacher_top_k={K}")
+    online = _run(
+        env,
+        "online_mode",
+        2,
+        "--train_module.online_teacher=true",
+        f"--train_module.teacher_top_k={K}",
+    )
     for step in (1, 2):  # the store's log-probs are bfloat16: equal up to that rounding
         a, b = _metric(store, step, "train/KD loss"), _metric(online, step, "train/KD loss")
         assert abs(a - b) < 2e-2 * abs(b), (step, a, b)
@@ -180,8 +228,14 @@ def test_online_teacher_matches_the_store(env):
 def test_kd_beats_pruned_and_ce_training(env):
     steps = 200
     kd = _run(env, "kd", steps, "--trainer.metrics_collect_interval=50")
-    ce = _run(env, "ce", steps, "--trainer.metrics_collect_interval=50",
-              "--train_module.kd.kd_weight=0", "--train_module.kd.ce_weight=1")
+    ce = _run(
+        env,
+        "ce",
+        steps,
+        "--trainer.metrics_collect_interval=50",
+        "--train_module.kd.kd_weight=0",
+        "--train_module.kd.ce_weight=1",
+    )
     pruned_kl = held_out_kl(env["student"], env["teacher"], env["data"])
     kd_kl = held_out_kl(kd / f"step{steps}", env["teacher"], env["data"])
     ce_kl = held_out_kl(ce / f"step{steps}", env["teacher"], env["data"])

@@ -84,7 +84,9 @@ def test_commands_and_flags_exist(page):
         if sub == "train":  # takes the launcher's arguments and dotted overrides
             continue
         problems += [
-            f"`olmo-flex {sub}` has no option {f} (in: {line.strip()})" for f in flags if f not in known
+            f"`olmo-flex {sub}` has no option {f} (in: {line.strip()})"
+            for f in flags
+            if f not in known
         ]
     assert not problems, "\n".join(problems)
 
@@ -142,7 +144,11 @@ def test_python_names_exist(page):
                 problems.append(f"`{span}`: no function {m.group(1)} in olmo_flex_ext")
         # Class names such as `KDTrainModule` or `VariableMoEConfig(MoEConfig)`.
         for name in re.findall(r"\b([A-Z][a-z0-9]+(?:[A-Z][A-Za-z0-9]*)+)\b", span):
-            if name not in defined and not _olmo_core_has(name, "class") and not _transformers_has(name):
+            if (
+                name not in defined
+                and not _olmo_core_has(name, "class")
+                and not _transformers_has(name)
+            ):
                 problems.append(f"`{span}`: no class {name} in olmo_flex_ext or OLMo-core")
     assert not problems, "\n".join(problems)
 
@@ -168,14 +174,22 @@ def _olmo_core_source() -> str:
 def test_files_and_make_targets_exist(page):
     text = page.read_text()
     problems = []
-    for path in set(re.findall(r"\b((?:train_configs|bench|launch|tests|docs)/[\w./-]+\.(?:py|md|sbatch))", text)):
+    for path in set(
+        re.findall(
+            r"\b((?:train_configs|bench|launch|tests|docs)/[\w./-]+\.(?:py|md|sbatch))", text
+        )
+    ):
         if not (REPO / path).exists() and not (REPO / "docs" / Path(path).name).exists():
             problems.append(f"{path} does not exist")
     for link in re.findall(r"\]\(([\w./-]+\.md)\)", text):
         if not (page.parent / link).exists():
             problems.append(f"link {link} does not exist")
     targets = set(re.findall(r"^([a-z]+):", (REPO / "Makefile").read_text(), re.M))
-    problems += [f"make {t}: no such target" for t in re.findall(r"\bmake ([a-z]+)\b", text) if t not in targets]
+    problems += [
+        f"make {t}: no such target"
+        for t in re.findall(r"\bmake ([a-z]+)\b", text)
+        if t not in targets
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -189,9 +203,14 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     ensure_synthetic_tokens(tmp_path / "runs/data/synthetic", vocab_size=512)
     config = tiny_flex([256, 96])
     save_model(tmp_path / "runs/tiny_flex", config, config.build(init_device="cpu").state_dict())
-    example = next(body for lang, body in blocks((REPO / "README.md").read_text()) if lang == "python")
+    example = next(
+        body for lang, body in blocks((REPO / "README.md").read_text()) if lang == "python"
+    )
     scope: Dict[str, object] = {}
     exec(compile(example, "README.md", "exec"), scope)
     assert (tmp_path / "runs/tiny_pruned/config.json").is_file()
-    widths = [[m.experts.mlp.expert_widths for m in [b.feed_forward_moe]][0] for b in scope["pruned"].blocks.values()]
+    widths = [
+        [m.experts.mlp.expert_widths for m in [b.feed_forward_moe]][0]
+        for b in scope["pruned"].blocks.values()
+    ]
     assert all(w[0] == 256 and w[1] % 16 == 0 for w in widths) and sum(w[1] for w in widths) == 96

@@ -91,7 +91,9 @@ def raw_row(codec, ids, lps) -> np.ndarray:
     for j, x in enumerate(ids):
         upper[(int(x) >> lo) + j] = 1
     row[codec.lower_bytes : codec.id_bytes] = np.packbits(upper, bitorder="little")
-    row[codec.id_bytes :] = np.frombuffer(np.asarray(lps, np.float32).tobytes(), np.uint16)[1::2].copy().view(np.uint8)
+    row[codec.id_bytes :] = (
+        np.frombuffer(np.asarray(lps, np.float32).tobytes(), np.uint16)[1::2].copy().view(np.uint8)
+    )
     return row
 
 
@@ -357,7 +359,9 @@ DAMAGED_INPUTS = [
 
 
 @pytest.mark.parametrize("case", BAD_ARGUMENTS + DAMAGED_INPUTS, ids=lambda c: c.name)
-def test_refused_with_one_error_and_nothing_written(case, guarantee_inputs, tmp_path, capfd, monkeypatch):
+def test_refused_with_one_error_and_nothing_written(
+    case, guarantee_inputs, tmp_path, capfd, monkeypatch
+):
     monkeypatch.setenv("OLMO_FLEX_DATA_ROOT", str(guarantee_inputs.root.parent / "dataroot"))
     check_case(case, guarantee_inputs, tmp_path / "case", capfd, monkeypatch)
 
@@ -401,7 +405,9 @@ def test_logprobs_takes_a_tokenizer_directory_and_records_it(guarantee_inputs, t
 
     tok = tokenizer_from_dir(guarantee_inputs.tokenizer)
     ck = tiny_checkpoint(tmp_path / "ck", [32, 16], vocab_size=tok.padded_vocab_size())
-    data = ensure_synthetic_tokens(tmp_path / "data", vocab_size=tok.vocab_size, tokens_per_file=512)
+    data = ensure_synthetic_tokens(
+        tmp_path / "data", vocab_size=tok.vocab_size, tokens_per_file=512
+    )
     out = tmp_path / "store"
     code, _, err = run_inprocess(["logprobs", ck, "--data", ",".join(data), "--seq-len", 64,
                                   "--top-k", 4, "--tokenizer", guarantee_inputs.tokenizer,

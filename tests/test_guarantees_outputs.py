@@ -178,7 +178,9 @@ def live_holder(tmp_path):
         p.wait()
 
 
-def test_second_writer_refused_while_the_first_lives(guarantee_inputs, tmp_path, capfd, live_holder):
+def test_second_writer_refused_while_the_first_lives(
+    guarantee_inputs, tmp_path, capfd, live_holder
+):
     i, out = guarantee_inputs, tmp_path / "out"
     pid = live_holder(out)
     before = snapshot(i.root, tmp_path)
@@ -196,11 +198,18 @@ def test_second_training_on_a_live_run_folder_refused_before_building(
     pid = live_holder(run)
     before = snapshot(guarantee_inputs.root, tmp_path)
     code, out, err = run_inprocess(
-        ["train", FROM_CHECKPOINT, f"--load_path={guarantee_inputs.ck}", f"--trainer.save_folder={run}"],
+        [
+            "train",
+            FROM_CHECKPOINT,
+            f"--load_path={guarantee_inputs.ck}",
+            f"--trainer.save_folder={run}",
+        ],
         capfd,
     )
     assert_refused(code, err, [f"{run} is being written by another process", f"pid {pid}"])
-    assert "Building" not in out and not tree_diff(before, snapshot(guarantee_inputs.root, tmp_path))
+    assert "Building" not in out and not tree_diff(
+        before, snapshot(guarantee_inputs.root, tmp_path)
+    )
 
 
 def test_two_writers_started_together_one_wins(guarantee_inputs, tmp_path):
@@ -246,14 +255,23 @@ def test_training_waits_for_a_lock_of_another_host_and_refuses_a_live_one(
     before = snapshot(guarantee_inputs.root)
     try:
         code, out, err = run_inprocess(
-            ["train", FROM_CHECKPOINT, f"--load_path={guarantee_inputs.ck}", f"--trainer.save_folder={run}"],
+            [
+                "train",
+                FROM_CHECKPOINT,
+                f"--load_path={guarantee_inputs.ck}",
+                f"--trainer.save_folder={run}",
+            ],
             capfd,
         )
     finally:
         stop.set()
     assert "waiting" in err and "pid 4242 on gpu-node-17" in err
-    assert_refused(code, "\n".join(error_lines(err)), [f"{run} is being written by another process"])
-    assert snapshot(guarantee_inputs.root) == before and sorted(p.name for p in tmp_path.iterdir()) == [".run.lock"]
+    assert_refused(
+        code, "\n".join(error_lines(err)), [f"{run} is being written by another process"]
+    )
+    assert snapshot(guarantee_inputs.root) == before and sorted(
+        p.name for p in tmp_path.iterdir()
+    ) == [".run.lock"]
 
 
 def test_a_waiting_claim_takes_over_a_lock_nobody_refreshes(tmp_path, capfd, monkeypatch):
@@ -351,9 +369,13 @@ def test_an_interrupted_overwrite_is_undone_on_the_next_run(guarantee_inputs, tm
 def test_a_failing_command_prints_one_line_and_nothing_else(tmp_path):
     """In a fresh process (OLMo-core warns about transformer_engine when it is imported)."""
     code, out, err = run_subprocess(["info", tmp_path])
-    assert out == "" and err == f"error: {tmp_path} is not a checkpoint: expected config.json plus a " \
-        "DCP (model-only checkpoint), a trainer stepN/ directory, or a run folder that contains " \
+    assert (
+        out == ""
+        and err
+        == f"error: {tmp_path} is not a checkpoint: expected config.json plus a "
+        "DCP (model-only checkpoint), a trainer stepN/ directory, or a run folder that contains "
         "stepN/ directories\n"
+    )
     assert code == 2
     code, _, err = run_subprocess(["--verbose", "info", tmp_path])
     assert code == 2 and "transformer_engine" in err and "Traceback" in err

@@ -94,12 +94,15 @@ def same_store(a: Path, b: Path) -> None:
         assert (a / c["file"]).read_bytes() == (b / c["file"]).read_bytes()
 
 
-def test_logprobs_killed_then_rerun_gives_the_same_store(guarantee_inputs, long_data, reference_store,
-                                                         tmp_path, capfd):
+def test_logprobs_killed_then_rerun_gives_the_same_store(
+    guarantee_inputs, long_data, reference_store, tmp_path, capfd
+):
     out = tmp_path / "store"
     args = logprobs_args(guarantee_inputs, long_data, out)
     partial = tmp_path / ".store.partial"
-    code = killed_midway(args, lambda: len(list(partial.glob("chunk-*.sha256"))) >= 2, RNG.uniform(0, 0.5))
+    code = killed_midway(
+        args, lambda: len(list(partial.glob("chunk-*.sha256"))) >= 2, RNG.uniform(0, 0.5)
+    )
     assert code == -signal.SIGKILL, "the run finished before it could be killed; give it more work"
     assert (tmp_path / ".store.lock").exists()  # what a killed run leaves
     code, _, err = run_inprocess(args, capfd)
@@ -109,8 +112,9 @@ def test_logprobs_killed_then_rerun_gives_the_same_store(guarantee_inputs, long_
     only(tmp_path, "store")
 
 
-def test_logprobs_recomputes_damaged_chunks_of_an_unfinished_store(guarantee_inputs, long_data,
-                                                                   reference_store, tmp_path, capfd):
+def test_logprobs_recomputes_damaged_chunks_of_an_unfinished_store(
+    guarantee_inputs, long_data, reference_store, tmp_path, capfd
+):
     from olmo_flex_ext.data.synthetic import TINY_TOKENIZER
     from olmo_flex_ext.distill.generate import generate_store
 
@@ -172,8 +176,9 @@ def same_scores(path: Path, reference) -> None:
             assert torch.equal(x, y)
 
 
-def test_importance_killed_then_rerun_gives_the_same_scores(guarantee_inputs, long_data,
-                                                            reference_scores, tmp_path, capfd):
+def test_importance_killed_then_rerun_gives_the_same_scores(
+    guarantee_inputs, long_data, reference_scores, tmp_path, capfd
+):
     out = tmp_path / "s.safetensors"
     args = importance_args(guarantee_inputs, long_data, out)
     partial = tmp_path / ".s.safetensors.partial.pt"
@@ -185,8 +190,9 @@ def test_importance_killed_then_rerun_gives_the_same_scores(guarantee_inputs, lo
     only(tmp_path, "s.safetensors")
 
 
-def test_importance_ignores_a_damaged_partial(guarantee_inputs, long_data, reference_scores,
-                                              tmp_path, capfd):
+def test_importance_ignores_a_damaged_partial(
+    guarantee_inputs, long_data, reference_scores, tmp_path, capfd
+):
     out = tmp_path / "s.safetensors"
     (tmp_path / ".s.safetensors.partial.pt").write_bytes(b"PK\x03\x04 not a zip")
     code, _, err = run_inprocess(importance_args(guarantee_inputs, long_data, out), capfd)
@@ -211,7 +217,9 @@ def test_tokenize_killed_then_rerun_gives_the_same_files(guarantee_inputs, corpu
     ref, out = tmp_path / "ref", tmp_path / "out"
     args = ["tokenize", str(corpus / "*.jsonl"), "--tokenizer", guarantee_inputs.tokenizer]
     assert run_inprocess(args + ["--out", ref], capfd)[0] == 0
-    code = killed_midway(args + ["--out", out], lambda: any(out.glob("part-*")), RNG.uniform(0, 0.5))
+    code = killed_midway(
+        args + ["--out", out], lambda: any(out.glob("part-*")), RNG.uniform(0, 0.5)
+    )
     code, _, err = run_inprocess(args + ["--out", out], capfd)
     assert code == 0, err
     for f in ref.iterdir():
@@ -221,16 +229,37 @@ def test_tokenize_killed_then_rerun_gives_the_same_files(guarantee_inputs, corpu
     only(tmp_path, "ref", "out")
 
 
-def test_tokenize_redoes_a_damaged_file_of_an_earlier_run(guarantee_inputs, corpus, tmp_path, capfd):
+def test_tokenize_redoes_a_damaged_file_of_an_earlier_run(
+    guarantee_inputs, corpus, tmp_path, capfd
+):
     out = tmp_path / "out"
-    args = ["tokenize", str(corpus / "*.jsonl"), "--tokenizer", guarantee_inputs.tokenizer, "--out", out]
+    args = [
+        "tokenize",
+        str(corpus / "*.jsonl"),
+        "--tokenizer",
+        guarantee_inputs.tokenizer,
+        "--out",
+        out,
+    ]
     assert run_inprocess(args, capfd)[0] == 0
     reference = snapshot(out)
     meta = (out / "meta.json").read_text()
     (out / "meta.json").unlink()  # as if killed before the end
-    (out / ".progress.json").write_text(json.dumps({"settings": {k: v for k, v in json.loads(
-        meta).items() if k not in ("files", "num_documents", "num_tokens")}, "files": {
-        f["name"]: {"documents": f["documents"], "tokens": f["tokens"]} for f in json.loads(meta)["files"]}}))
+    (out / ".progress.json").write_text(
+        json.dumps(
+            {
+                "settings": {
+                    k: v
+                    for k, v in json.loads(meta).items()
+                    if k not in ("files", "num_documents", "num_tokens")
+                },
+                "files": {
+                    f["name"]: {"documents": f["documents"], "tokens": f["tokens"]}
+                    for f in json.loads(meta)["files"]
+                },
+            }
+        )
+    )
     damaged = sorted(out.glob("part-*"))[1]
     damaged.write_bytes(damaged.read_bytes()[:1000])
     code, _, err = run_inprocess(args, capfd)
@@ -259,12 +288,23 @@ def same_output(a: Path, b: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["prune", "export-hf", "merge"])
-def test_streaming_writer_killed_at_a_random_point_then_rerun(command, guarantee_inputs, tmp_path, capfd):
+def test_streaming_writer_killed_at_a_random_point_then_rerun(
+    command, guarantee_inputs, tmp_path, capfd
+):
     i = guarantee_inputs
     ref, out, twin = tmp_path / "ref", tmp_path / "out", tmp_path / "twin"
     copy(i.ck, twin)  # merge: the model and a copy of it (their shared weights are equal)
     args = {
-        "prune": lambda o: ["prune", i.ck, "--scores", i.scores, "--widths-file", i.widths, "--out", o],
+        "prune": lambda o: [
+            "prune",
+            i.ck,
+            "--scores",
+            i.scores,
+            "--widths-file",
+            i.widths,
+            "--out",
+            o,
+        ],
         "export-hf": lambda o: ["export-hf", i.ck, o, "--max-shard-size", "20KB"],
         "merge": lambda o: ["merge", i.ck, twin, "--top-k", 1, "--out", o],
     }[command]
@@ -302,14 +342,24 @@ def build_config():
 
 def write_config(path: Path, data, *, steps: int, save: int, store=None, teacher=None,
                  load_path=None, model="tiny_flex([64, 32], d_model=32, n_heads=2)") -> Path:  # fmt: skip
-    wrap = "config" if store is None else f"with_distillation(config, store={str(store)!r}, teacher_path={str(teacher)!r})"
+    wrap = (
+        "config"
+        if store is None
+        else f"with_distillation(config, store={str(store)!r}, teacher_path={str(teacher)!r})"
+    )
     path.write_text(CONFIG.format(model=model, data=list(data), seq=SEQ, steps=steps, save=save,
                                   load_path=load_path and str(load_path), wrap=wrap))  # fmt: skip
     return path
 
 
 def launch(config: Path, folder: Path, timeout: float = 600, **popen):
-    cmd = [sys.executable, "-m", "olmo_flex_ext.launch", str(config), f"--trainer.save_folder={folder}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "olmo_flex_ext.launch",
+        str(config),
+        f"--trainer.save_folder={folder}",
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=cli_env(), cwd=REPO, **popen)  # fmt: skip
 
@@ -345,7 +395,9 @@ def test_bad_store_row_stops_training_with_one_error(guarantee_inputs, tmp_path)
     store = copy(i.store, tmp_path / "store")
     s = TopKStore(store)
     for c in s.chunks:  # a NaN log-prob in every window, so the first batch meets one
-        rows = np.memmap(store / c["file"], dtype=np.uint8, mode="r+").reshape(-1, s.codec.row_bytes)
+        rows = np.memmap(store / c["file"], dtype=np.uint8, mode="r+").reshape(
+            -1, s.codec.row_bytes
+        )
         rows[5::SEQ, s.codec.id_bytes : s.codec.id_bytes + 2] = [0xC0, 0x7F]
         rows.flush()
     config = write_config(tmp_path / "cfg.py", i.data, steps=4, save=100, store=store, teacher=i.ck,

@@ -34,7 +34,9 @@ def _only(directory, *names):
 
 def test_import_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    _fails(capsys, ["import-hf", str(tmp_path / "empty"), str(tmp_path / "out")], "has no config.json")
+    _fails(
+        capsys, ["import-hf", str(tmp_path / "empty"), str(tmp_path / "out")], "has no config.json"
+    )
 
     hf_olmo2(tmp_path / "olmo2")
     _fails(capsys, ["import-hf", str(tmp_path / "olmo2"), str(tmp_path / "out")], "not FlexOlmo")
@@ -83,7 +85,9 @@ def test_failure_while_writing_leaves_nothing(tmp_path, capsys):
 
 def test_export_errors(tmp_path, capsys):
     (tmp_path / "nothing").mkdir()
-    _fails(capsys, ["export-hf", str(tmp_path / "nothing"), str(tmp_path / "out")], "not a checkpoint")
+    _fails(
+        capsys, ["export-hf", str(tmp_path / "nothing"), str(tmp_path / "out")], "not a checkpoint"
+    )
     config = tiny_flex([24, 8], d_model=32, vocab_size=128)
     save_model(tmp_path / "ours", config, config.build(init_device="cpu").state_dict())
     argv = ["export-hf", str(tmp_path / "ours"), str(tmp_path / "out"), "--tokenizer"]
@@ -118,9 +122,17 @@ def test_console_script_exit_status(tmp_path):
     (tmp_path / "empty").mkdir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     result = subprocess.run(
-        [sys.executable, "-m", "olmo_flex_ext.cli", "import-hf", str(tmp_path / "empty"),
-         str(tmp_path / "out")],
-        capture_output=True, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "olmo_flex_ext.cli",
+            "import-hf",
+            str(tmp_path / "empty"),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert result.returncode == 2
     assert "error:" in result.stderr and "has no config.json" in result.stderr

@@ -45,7 +45,11 @@ def test_import_export_round_trip_matches_transformers(
     tmp_path, experts, top_k, width, kv_heads, norm_topk
 ):
     hf = hf_flex(
-        tmp_path / "hf", experts=experts, top_k=top_k, width=width, kv_heads=kv_heads,
+        tmp_path / "hf",
+        experts=experts,
+        top_k=top_k,
+        width=width,
+        kv_heads=kv_heads,
         norm_topk_prob=norm_topk,
     )
     x = tokens()

@@ -31,12 +31,45 @@ def pruned(tmp_path_factory):
     ckpt = save_model(d / "ckpt", config, model.state_dict())
     token_files(d / "data")
     scores = d / "scores.safetensors"
-    assert cli(["importance", str(ckpt), "--data", str(d / "data" / "*.npy"), "--seq-len", "32",
-                "--num-seqs", "8", "--batch-size", "4", "--out", str(scores)]) == 0
+    assert (
+        cli(
+            [
+                "importance",
+                str(ckpt),
+                "--data",
+                str(d / "data" / "*.npy"),
+                "--seq-len",
+                "32",
+                "--num-seqs",
+                "8",
+                "--batch-size",
+                "4",
+                "--out",
+                str(scores),
+            ]
+        )
+        == 0
+    )
     common = ["--scores", str(scores)]
     assert cli(["prune", str(ckpt), *common, "--widths", "64,16", "--out", str(d / "uniform")]) == 0
-    assert cli(["prune", str(ckpt), *common, "--budget-width", "24", "--multiple", "8",
-                "--min-width", "8", "--out", str(d / "allocated")]) == 0
+    assert (
+        cli(
+            [
+                "prune",
+                str(ckpt),
+                *common,
+                "--budget-width",
+                "24",
+                "--multiple",
+                "8",
+                "--min-width",
+                "8",
+                "--out",
+                str(d / "allocated"),
+            ]
+        )
+        == 0
+    )
     return d
 
 
@@ -67,10 +100,18 @@ def _flex_olmo_from_inputs(paths, top_k: int):
     inputs = [load_model(p).state_dict() for p in paths]
     base, n_layers = inputs[0], len(expert_widths_per_layer(read_model_config(paths[0])))
     config = FlexOlmoConfig(
-        vocab_size=VOCAB, hidden_size=MERGE_D_MODEL, intermediate_size=PUBLIC,
-        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=4,
-        num_experts=len(paths) + 1, num_experts_per_tok=top_k, norm_topk_prob=False,
-        rms_norm_eps=1e-6, pad_token_id=1, eos_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=MERGE_D_MODEL,
+        intermediate_size=PUBLIC,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_experts=len(paths) + 1,
+        num_experts_per_tok=top_k,
+        norm_topk_prob=False,
+        rms_norm_eps=1e-6,
+        pad_token_id=1,
+        eos_token_id=0,
     )
     model = FlexOlmoForCausalLM(config).eval()
     hf = dict(model.named_parameters())
@@ -81,11 +122,16 @@ def _flex_olmo_from_inputs(paths, top_k: int):
     }
     for i in range(n_layers):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
-        for a, b in [("attention.w_q", "self_attn.q_proj"), ("attention.w_k", "self_attn.k_proj"),
-                     ("attention.w_v", "self_attn.v_proj"), ("attention.w_out", "self_attn.o_proj"),
-                     ("attention.q_norm", "self_attn.q_norm"), ("attention.k_norm", "self_attn.k_norm"),
-                     ("attention_norm", "post_attention_layernorm"),
-                     ("feed_forward_norm", "post_feedforward_layernorm")]:
+        for a, b in [
+            ("attention.w_q", "self_attn.q_proj"),
+            ("attention.w_k", "self_attn.k_proj"),
+            ("attention.w_v", "self_attn.v_proj"),
+            ("attention.w_out", "self_attn.o_proj"),
+            ("attention.q_norm", "self_attn.q_norm"),
+            ("attention.k_norm", "self_attn.k_norm"),
+            ("attention_norm", "post_attention_layernorm"),
+            ("feed_forward_norm", "post_feedforward_layernorm"),
+        ]:
             copies[f"{theirs}{b}.weight"] = base[f"{ours}{a}.weight"]
         moe = f"{ours}feed_forward_moe."
         rows = [base[moe + "router.weight"].view(2, MERGE_D_MODEL)[0]]
@@ -113,7 +159,9 @@ def equal_experts(tmp_path_factory):
 
 @pytest.mark.parametrize("top_k", [2, 4])
 def test_merged_equal_widths_equal_transformers_flex_olmo(equal_experts, top_k, tmp_path):
-    merged = load_model(merge_experts(equal_experts, tmp_path / "merged", top_k=top_k, progress=False))
+    merged = load_model(
+        merge_experts(equal_experts, tmp_path / "merged", top_k=top_k, progress=False)
+    )
     reference = _flex_olmo_from_inputs(equal_experts, top_k)
     x = tokens(1, vocab=VOCAB)
     assert max_diff(our_logits(merged, x), hf_logits(reference, x)) < TOL
@@ -122,7 +170,10 @@ def test_merged_equal_widths_equal_transformers_flex_olmo(equal_experts, top_k, 
 def test_merged_variable_widths_export_padded(tmp_path):
     experts = make_experts(tmp_path / "experts", [64, [48, 16], 32])
     merged = merge_experts(experts, tmp_path / "merged", top_k=2, progress=False)
-    assert expert_widths_per_layer(read_model_config(merged)) == [[96, 64, 48, 32], [96, 64, 16, 32]]
+    assert expert_widths_per_layer(read_model_config(merged)) == [
+        [96, 64, 48, 32],
+        [96, 64, 16, 32],
+    ]
     export_hf(merged, tmp_path / "hf")
     hf = load_hf(tmp_path / "hf")
     assert hf.config.intermediate_size == PUBLIC and hf.config.num_experts == 4

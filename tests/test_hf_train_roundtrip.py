@@ -25,7 +25,10 @@ CONFIG = Path(__file__).resolve().parents[1] / "train_configs" / "tiny_from_chec
 def _launch(tmp_path, run, *overrides):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     argv = [
-        sys.executable, "-m", "olmo_flex_ext.launch", str(CONFIG),
+        sys.executable,
+        "-m",
+        "olmo_flex_ext.launch",
+        str(CONFIG),
         f"--trainer.save_folder={run}",
         "--trainer.callbacks.checkpointer.save_interval=3",
         "--trainer.callbacks.wandb.enabled=false",
@@ -42,7 +45,9 @@ def test_import_train_export_resume(tmp_path):
     import_hf(tmp_path / "hf", tmp_path / "init")
     run = tmp_path / "run"
 
-    log = _launch(tmp_path, run, f"--load_path={tmp_path / 'init'}", "--trainer.max_duration.value=3")
+    log = _launch(
+        tmp_path, run, f"--load_path={tmp_path / 'init'}", "--trainer.max_duration.value=3"
+    )
     assert "loading initial weights" in log
     init, trained = load_model(tmp_path / "init"), load_model(run / "step3")
     for name, before in init.state_dict().items():
@@ -57,7 +62,9 @@ def test_import_train_export_resume(tmp_path):
     assert max_diff(hf_logits(hf, x), our_logits(trained, x)) < 1e-5
 
     # Same run folder: it resumes from step 3 (load_path is not even read) and trains step 4.
-    log = _launch(tmp_path, run, f"--load_path={tmp_path / 'missing'}", "--trainer.max_duration.value=4")
+    log = _launch(
+        tmp_path, run, f"--load_path={tmp_path / 'missing'}", "--trainer.max_duration.value=4"
+    )
     assert "resume training from step 3" in log and "loading initial weights" not in log
     resumed = load_model(run / "step4")
     assert not torch.equal(resumed.embeddings.weight, trained.embeddings.weight)

@@ -80,7 +80,10 @@ def test_narrow_experts_and_router_rows_from_file(tmp_path):
     rows = torch.randn(2, D_MODEL)
     save_file({"router": rows}, str(tmp_path / "router.safetensors"))
     upcycle(
-        tmp_path / "dense", tmp_path / "moe", num_experts=2, expert_widths=[HIDDEN, 20],
+        tmp_path / "dense",
+        tmp_path / "moe",
+        num_experts=2,
+        expert_widths=[HIDDEN, 20],
         router_from=tmp_path / "router.safetensors",
     )
     moe = load_model(tmp_path / "moe")
@@ -116,8 +119,19 @@ def test_upcycle_command(tmp_path, capsys):
     from olmo_flex_ext.cli import main
 
     _dense(tmp_path)
-    argv = ["upcycle", str(tmp_path / "dense"), str(tmp_path / "moe"), "--experts", "2",
-            "--widths", "48,20", "--top-k", "1", "--seed", "3"]
+    argv = [
+        "upcycle",
+        str(tmp_path / "dense"),
+        str(tmp_path / "moe"),
+        "--experts",
+        "2",
+        "--widths",
+        "48,20",
+        "--top-k",
+        "1",
+        "--seed",
+        "3",
+    ]
     assert main(argv) == 0
     made = read_config(tmp_path / "moe")["olmo_flex"]
     assert made["made_by"] == "olmo-flex upcycle" and made["expert_widths"] == [[48, 20]] * 2

@@ -104,7 +104,7 @@ def test_no_import_cycles():
             if m.startswith(d + ".") or d.startswith(m + "."):
                 continue  # a package and its own submodules
             if state.get(d) == "open":
-                cycles.append(" -> ".join(stack[stack.index(d):] + [d]))
+                cycles.append(" -> ".join(stack[stack.index(d) :] + [d]))
             elif d not in state:
                 visit(d)
         stack.pop()

@@ -85,7 +85,10 @@ def test_experiment_config_round_trips_and_takes_width_overrides(tmp_path):
     )
     config = load_experiment(
         str(cfg_file),
-        ["--model.block_overrides.1.feed_forward_moe.expert_widths=[33,17]", f"--{WIDTHS_KEY}=[40,8]"],
+        [
+            "--model.block_overrides.1.feed_forward_moe.expert_widths=[33,17]",
+            f"--{WIDTHS_KEY}=[40,8]",
+        ],
     )
     assert expert_widths_per_layer(config.model) == [[40, 8], [33, 17]]
     again = ExperimentConfig.from_dict(config.as_config_dict())
@@ -145,8 +148,16 @@ def test_7b_totals(domain, billions):
 
 def test_7b_equal_widths_match_olmo_core_count():
     stock = TransformerConfig.llama_like_moe(
-        d_model=4096, n_layers=32, n_heads=32, num_experts=2, top_k=2, expert_hidden_size=11008,
-        reordered_norm=True, qk_norm=True, rope_theta=500_000, layer_norm_eps=1e-6,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        num_experts=2,
+        top_k=2,
+        expert_hidden_size=11008,
+        reordered_norm=True,
+        qk_norm=True,
+        rope_theta=500_000,
+        layer_norm_eps=1e-6,
         vocab_size=100352,
     )
     assert flex_olmo_2x7b(11008).num_params == stock.num_params
@@ -219,7 +230,10 @@ def test_launcher_process_exits_2_with_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, "-m", "olmo_flex_ext.launch", str(tmp_path / "nope.py")],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: train config")

@@ -22,7 +22,10 @@ def per_token_reference(mlp, x, weights, indices):
     return out
 
 
-@pytest.mark.parametrize("widths,top_k", [([40, 24, 8, 16], 1), ([40, 24, 8, 16], 2), ([8, 56, 24], 2), ([16, 8, 32, 24, 40], 4)])
+@pytest.mark.parametrize(
+    "widths,top_k",
+    [([40, 24, 8, 16], 1), ([40, 24, 8, 16], 2), ([8, 56, 24], 2), ([16, 8, 32, 24, 40], 4)],
+)
 def test_forward_routed_matches_per_token_loop(widths, top_k):
     torch.manual_seed(0)
     mlp = VariableMoEMLP(d_model=D, expert_widths=widths)
@@ -35,7 +38,9 @@ def test_forward_routed_matches_per_token_loop(widths, top_k):
     ref = per_token_reference(mlp, x, weights, indices)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     g = torch.randn_like(out)
-    grads = torch.autograd.grad((out * g).sum(), [x, probs, mlp.w1, mlp.w2, mlp.w3], retain_graph=True)
+    grads = torch.autograd.grad(
+        (out * g).sum(), [x, probs, mlp.w1, mlp.w2, mlp.w3], retain_graph=True
+    )
     ref_grads = torch.autograd.grad((ref * g).sum(), [x, probs, mlp.w1, mlp.w2, mlp.w3])
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -38,7 +38,9 @@ def kept(scores: ImportanceScores, widths, normalize="layer"):
     )
 
 
-@pytest.mark.parametrize("budget_width,multiple,min_width", [(200, 32, 64), (96, 16, 16), (300, 64, 128)])
+@pytest.mark.parametrize(
+    "budget_width,multiple,min_width", [(200, 32, 64), (96, 16, 16), (300, 64, 128)]
+)
 def test_allocation_respects_budget_multiple_minimum(budget_width, multiple, min_width):
     original = [[512, 384, 320]] * 6
     scores = scores_of(original, seed=budget_width)
@@ -48,7 +50,11 @@ def test_allocation_respects_budget_multiple_minimum(budget_width, multiple, min
     assert all(layer[0] == 512 for layer in widths)  # public expert untouched
     assert sum(pruned) <= budget
     assert sum(pruned) > budget - multiple  # the budget is used up to less than one chunk
-    assert all(w % multiple == 0 or w == o for layer, orig in zip(widths, original) for w, o in zip(layer[1:], orig[1:]))
+    assert all(
+        w % multiple == 0 or w == o
+        for layer, orig in zip(widths, original)
+        for w, o in zip(layer[1:], orig[1:])
+    )
     assert all(w >= min_width for w in pruned)
     assert len(set(pruned)) > 1  # importance gives different widths to different layers/experts
 

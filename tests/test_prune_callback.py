@@ -33,18 +33,26 @@ CONFIG = str(REPO / "train_configs" / "tiny_flex_prune.py")
 
 
 def launch(tmp: Path, steps: int, teacher: Path, ranks: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-           "-m", "olmo_flex_ext.launch", CONFIG,
-           f"--trainer.save_folder={tmp / 'run'}",
-           f"--trainer.max_duration.value={steps}",
-           "--trainer.callbacks.checkpointer.save_interval=2",
-           "--trainer.callbacks.wandb.enabled=false",
-           f"--trainer.callbacks.prune.teacher={teacher}",
-           "--trainer.callbacks.prune.num_seqs=8",
-           "--trainer.callbacks.prune.batch_size=2",
-           "--trainer.callbacks.prune.compare_num_seqs=4",
-           # lr far below float32 resolution: the weights stay exactly what the callback loaded
-           "--train_module.optim.lr=1e-30"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={ranks}",
+        "-m",
+        "olmo_flex_ext.launch",
+        CONFIG,
+        f"--trainer.save_folder={tmp / 'run'}",
+        f"--trainer.max_duration.value={steps}",
+        "--trainer.callbacks.checkpointer.save_interval=2",
+        "--trainer.callbacks.wandb.enabled=false",
+        f"--trainer.callbacks.prune.teacher={teacher}",
+        "--trainer.callbacks.prune.num_seqs=8",
+        "--trainer.callbacks.prune.batch_size=2",
+        "--trainer.callbacks.prune.compare_num_seqs=4",
+        # lr far below float32 resolution: the weights stay exactly what the callback loaded
+        "--train_module.optim.lr=1e-30",
+    ]
     env = dict(os.environ, OLMO_FLEX_DATA_ROOT=str(tmp / "data"), PYTHONPATH=str(REPO))
     return subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
 
@@ -63,7 +71,10 @@ def test_callback_prunes_into_fsdp_student_and_resume_does_not_prune_again(tmp_p
     # scores from 2 ranks (each its share, then summed) == one process over all sequences
     calibration = ensure_synthetic_tokens(tmp_path / "data" / "synthetic", vocab_size=512)
     single = compute_importance(
-        load_model(teacher), TokenFiles(calibration, np.uint16), seq_len=128, num_seqs=8,
+        load_model(teacher),
+        TokenFiles(calibration, np.uint16),
+        seq_len=128,
+        num_seqs=8,
         progress=False,
     )
     saved = ImportanceScores.load(prune_dir / "importance.safetensors")

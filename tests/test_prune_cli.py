@@ -25,11 +25,52 @@ def setup(tmp_path_factory):
     data2 = token_files(d / "data2", seed=1)
     common = ["--seq-len", "32", "--num-seqs", "6", "--batch-size", "2"]
     glob = str(d / "data" / "*.npy")
-    assert main(["importance", str(ckpt), "--data", glob, *common, "--out", str(d / "s.safetensors")]) == 0
-    assert main(["importance", str(ckpt), "--data", str(d / "data2" / "*.npy"), *common,
-                 "--out", str(d / "s2.safetensors")]) == 0
-    assert main(["importance", str(other), "--data", glob, *common, "--out", str(d / "other.safetensors")]) == 0
-    assert main(["importance", str(narrow), "--data", glob, *common, "--out", str(d / "narrow.safetensors")]) == 0
+    assert (
+        main(["importance", str(ckpt), "--data", glob, *common, "--out", str(d / "s.safetensors")])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "importance",
+                str(ckpt),
+                "--data",
+                str(d / "data2" / "*.npy"),
+                *common,
+                "--out",
+                str(d / "s2.safetensors"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "importance",
+                str(other),
+                "--data",
+                glob,
+                *common,
+                "--out",
+                str(d / "other.safetensors"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "importance",
+                str(narrow),
+                "--data",
+                glob,
+                *common,
+                "--out",
+                str(d / "narrow.safetensors"),
+            ]
+        )
+        == 0
+    )
     del data, data2
     return d
 
@@ -44,33 +85,111 @@ def test_importance_writes_scores_with_metadata(setup):
 
 def test_prune_with_widths_and_with_budget(setup, capsys):
     d = setup
-    assert main(["prune", str(d / "ckpt"), "--scores", str(d / "s.safetensors"), "--widths", "64,16",
-                 "--out", str(d / "p16")]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(d / "ckpt"),
+                "--scores",
+                str(d / "s.safetensors"),
+                "--widths",
+                "64,16",
+                "--out",
+                str(d / "p16"),
+            ]
+        )
+        == 0
+    )
     model = load_model(d / "p16")
-    assert [b.feed_forward_moe.experts.mlp.expert_widths for b in model.blocks.values()] == [[64, 16]] * 2
+    assert [b.feed_forward_moe.experts.mlp.expert_widths for b in model.blocks.values()] == [
+        [64, 16]
+    ] * 2
     info = read_config(d / "p16")["olmo_flex"]
     assert info["pruned_from"] == str(d / "ckpt") and info["expert_widths"] == [[64, 16]] * 2
 
-    assert main(["allocate", str(d / "s.safetensors"), "--budget-width", "24", "--multiple", "8",
-                 "--min-width", "8", "--out", str(d / "w.json")]) == 0
+    assert (
+        main(
+            [
+                "allocate",
+                str(d / "s.safetensors"),
+                "--budget-width",
+                "24",
+                "--multiple",
+                "8",
+                "--min-width",
+                "8",
+                "--out",
+                str(d / "w.json"),
+            ]
+        )
+        == 0
+    )
     widths = json.loads((d / "w.json").read_text())["expert_widths"]
     assert sum(w[1] for w in widths) == 48 and all(w[0] == 64 for w in widths)
-    assert main(["prune", str(d / "ckpt"), "--scores", str(d / "s.safetensors"), "--budget-width", "24",
-                 "--multiple", "8", "--min-width", "8", "--out", str(d / "pb")]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(d / "ckpt"),
+                "--scores",
+                str(d / "s.safetensors"),
+                "--budget-width",
+                "24",
+                "--multiple",
+                "8",
+                "--min-width",
+                "8",
+                "--out",
+                str(d / "pb"),
+            ]
+        )
+        == 0
+    )
     from olmo_flex_ext.checkpoint import read_model_config
 
     assert expert_widths_per_layer(read_model_config(d / "pb")) == widths
     # a parameter budget: 3 * d_model (32) params per neuron -> 48 neurons
-    assert main(["prune", str(d / "ckpt"), "--scores", str(d / "s.safetensors"), "--budget", "4608",
-                 "--multiple", "8", "--min-width", "8", "--out", str(d / "pp")]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(d / "ckpt"),
+                "--scores",
+                str(d / "s.safetensors"),
+                "--budget",
+                "4608",
+                "--multiple",
+                "8",
+                "--min-width",
+                "8",
+                "--out",
+                str(d / "pp"),
+            ]
+        )
+        == 0
+    )
     assert expert_widths_per_layer(read_model_config(d / "pp")) == widths
     capsys.readouterr()
 
 
 def test_compare_scores_table_and_plot(setup, capsys):
     d = setup
-    assert main(["compare-scores", str(d / "s.safetensors"), str(d / "s2.safetensors"), "--width", "16",
-                 "--plot", str(d / "cmp.png"), "--json", str(d / "cmp.json")]) == 0
+    assert (
+        main(
+            [
+                "compare-scores",
+                str(d / "s.safetensors"),
+                str(d / "s2.safetensors"),
+                "--width",
+                "16",
+                "--plot",
+                str(d / "cmp.png"),
+                "--json",
+                str(d / "cmp.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "top-16" in out and "layer" in out
     assert (d / "cmp.png").read_bytes()[:4] == b"\x89PNG"
@@ -122,8 +241,19 @@ def test_importance_errors(setup, capsys):
         (["--out", str(d / "x.safetensors"), "--method", "magic"], "unknown method"),
     ]:
         with pytest.raises(SystemExit) as exc:
-            main(["importance", str(d / "ckpt"), "--data", str(d / "data" / "*.npy"),
-                  "--seq-len", "32", "--num-seqs", "2", *args])
+            main(
+                [
+                    "importance",
+                    str(d / "ckpt"),
+                    "--data",
+                    str(d / "data" / "*.npy"),
+                    "--seq-len",
+                    "32",
+                    "--num-seqs",
+                    "2",
+                    *args,
+                ]
+            )
         assert exc.value.code == 2
         assert message in capsys.readouterr().err
     assert not (d / "x.safetensors").exists()

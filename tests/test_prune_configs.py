@@ -33,7 +33,10 @@ def test_budget_config_allocates_at_the_5504_parameter_count(tmp_path, monkeypat
     g = torch.Generator().manual_seed(0)
     # deeper layers hold more of their importance in the math expert
     scores = ImportanceScores(
-        [[torch.rand(11008, generator=g), torch.rand(11008, generator=g) ** (1 + i / 8)] for i in range(32)],
+        [
+            [torch.rand(11008, generator=g), torch.rand(11008, generator=g) ** (1 + i / 8)]
+            for i in range(32)
+        ],
         {"model_fingerprint": "synthetic"},
     )
     scores.save(tmp_path / "scores.safetensors")

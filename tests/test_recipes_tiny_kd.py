@@ -23,23 +23,49 @@ def _weights(path) -> dict:
 
 
 def _run(steps: int, *extra: str) -> None:
-    assert launch([CONFIG, f"--trainer.max_duration.value={steps}",
-                   "--trainer.callbacks.checkpointer.save_interval=2",
-                   "--trainer.callbacks.wandb.enabled=false",
-                   "--trainer.callbacks.prune.num_seqs=16", *extra]) == 0
+    assert (
+        launch(
+            [
+                CONFIG,
+                f"--trainer.max_duration.value={steps}",
+                "--trainer.callbacks.checkpointer.save_interval=2",
+                "--trainer.callbacks.wandb.enabled=false",
+                "--trainer.callbacks.prune.num_seqs=16",
+                *extra,
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.slow
 def test_tiny_prune_then_distil_from_store_and_resume(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the config's default paths are relative: runs/...
     monkeypatch.setenv("OLMO_FLEX_DATA_ROOT", str(tmp_path / "runs" / "data"))
-    teacher = tiny_checkpoint(tmp_path / "runs" / "tiny_flex", (PUBLIC, 96), seed=2, d_model=64, n_heads=4)
+    teacher = tiny_checkpoint(
+        tmp_path / "runs" / "tiny_flex", (PUBLIC, 96), seed=2, d_model=64, n_heads=4
+    )
     run = tmp_path / "runs" / "tiny_flex_math_kd"
     from olmo_flex_ext.recipes import tiny_data
 
     tiny_data()  # the synthetic tokens the config trains on
-    assert cli(["logprobs", "runs/tiny_flex", "--data", "runs/data/synthetic/*.npy", "--seq-len", "128",
-                "--top-k", "32", "--out", "runs/tiny_flex_math_kd/store"]) == 0
+    assert (
+        cli(
+            [
+                "logprobs",
+                "runs/tiny_flex",
+                "--data",
+                "runs/data/synthetic/*.npy",
+                "--seq-len",
+                "128",
+                "--top-k",
+                "32",
+                "--out",
+                "runs/tiny_flex_math_kd/store",
+            ]
+        )
+        == 0
+    )
 
     _run(4)
     assert {p.name for p in run.glob("step*")} == {"step0", "step2", "step4"}

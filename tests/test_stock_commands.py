@@ -48,9 +48,12 @@ def variable_checkpoint(stock, config: TransformerConfig, out, layout: str):
     ours = config.copy()
     moe = ours.block.feed_forward_moe
     ours.block.feed_forward_moe = VariableMoEConfig(
-        num_experts=moe.num_experts, hidden_size=moe.hidden_size, router=moe.router,
+        num_experts=moe.num_experts,
+        hidden_size=moe.hidden_size,
+        router=moe.router,
         expert_widths=[moe.hidden_size] * moe.num_experts,
-        lb_loss_weight=moe.lb_loss_weight, z_loss_weight=moe.z_loss_weight,
+        lb_loss_weight=moe.lb_loss_weight,
+        z_loss_weight=moe.z_loss_weight,
     )
     state = {
         k: variable_rows(k, v, layout, moe.num_experts, moe.hidden_size) if is_expert(k) else v
@@ -78,19 +81,36 @@ def test_importance_and_prune_read_the_stock_model(setup):
     d = setup["dir"]
     model, config, stock = setup["default"]
     ours = variable_checkpoint(model, config, d / "ours-default", "default")
-    common = ["--data", str(d / "data" / "*.npy"), "--seq-len", "32", "--num-seqs", "4",
-              "--batch-size", "2"]
+    common = [
+        "--data",
+        str(d / "data" / "*.npy"),
+        "--seq-len",
+        "32",
+        "--num-seqs",
+        "4",
+        "--batch-size",
+        "2",
+    ]
     assert main(["importance", str(stock), *common, "--out", str(d / "stock.safetensors")]) == 0
     assert main(["importance", str(ours), *common, "--out", str(d / "ours.safetensors")]) == 0
-    a, b = ImportanceScores.load(d / "stock.safetensors"), ImportanceScores.load(d / "ours.safetensors")
+    a, b = (
+        ImportanceScores.load(d / "stock.safetensors"),
+        ImportanceScores.load(d / "ours.safetensors"),
+    )
     assert a.widths == [[HIDDEN, HIDDEN]] * 2 and a.fingerprint == b.fingerprint
     for x, y in zip(a.scores, b.scores):
         for s, t in zip(x, y):
             torch.testing.assert_close(s, t, rtol=1e-6, atol=0)
 
     scores = str(d / "stock.safetensors")
-    assert main(["prune", str(stock), "--scores", scores, "--widths", "48,24", "--out", str(d / "p")]) == 0
-    assert main(["prune", str(ours), "--scores", scores, "--widths", "48,24", "--out", str(d / "q")]) == 0
+    assert (
+        main(["prune", str(stock), "--scores", scores, "--widths", "48,24", "--out", str(d / "p")])
+        == 0
+    )
+    assert (
+        main(["prune", str(ours), "--scores", scores, "--widths", "48,24", "--out", str(d / "q")])
+        == 0
+    )
     assert expert_widths_per_layer(read_model_config(d / "p")) == [[48, 24]] * 2
     q = weights(d / "q")
     for name, t in weights(d / "p").items():
@@ -103,7 +123,9 @@ def test_export_hf_of_a_stock_checkpoint_matches_the_stock_model(setup):
         model, _, stock = setup[layout]
         assert main(["export-hf", str(stock), str(d / f"hf-{layout}")]) == 0
         x = tokens(vocab=VOCAB)
-        assert max_diff(hf_logits(load_hf(d / f"hf-{layout}"), x), reference_logits(model, x)) < 1e-5
+        assert (
+            max_diff(hf_logits(load_hf(d / f"hf-{layout}"), x), reference_logits(model, x)) < 1e-5
+        )
 
 
 def test_merge_reads_both_layouts_alike(setup):
@@ -125,12 +147,17 @@ def test_merge_reads_both_layouts_alike(setup):
             else:
                 p.copy_(src)
     save_stock(other, config, d / "other")
-    assert main(["merge", str(stock), str(d / "other"), "--top-k", "3", "--out", str(d / "merged")]) == 0
+    assert (
+        main(["merge", str(stock), str(d / "other"), "--top-k", "3", "--out", str(d / "merged")])
+        == 0
+    )
     merged = weights(d / "merged")
     w1 = merged["blocks.0.feed_forward_moe.experts.mlp.w1"]
     assert w1.shape == (3 * HIDDEN, 32)
     name = "blocks.0.feed_forward_moe.experts.mlp.w1"
-    assert torch.equal(w1[: 2 * HIDDEN], variable_rows(name, model.state_dict()[name], "default", 2, HIDDEN))
+    assert torch.equal(
+        w1[: 2 * HIDDEN], variable_rows(name, model.state_dict()[name], "default", 2, HIDDEN)
+    )
     assert torch.equal(w1[2 * HIDDEN :], other.state_dict()[name][HIDDEN:])
 
 
@@ -161,10 +188,38 @@ def test_narrower_experts_are_padded_or_refused(setup, capsys):
     d = setup["dir"]
     _, _, stock = setup["default"]
     pruned = d / "pruned"
-    assert main(["importance", str(stock), "--data", str(d / "data" / "*.npy"), "--seq-len", "32",
-                 "--num-seqs", "2", "--out", str(d / "s.safetensors")]) == 0
-    assert main(["prune", str(stock), "--scores", str(d / "s.safetensors"), "--widths", "48,20",
-                 "--out", str(pruned)]) == 0
+    assert (
+        main(
+            [
+                "importance",
+                str(stock),
+                "--data",
+                str(d / "data" / "*.npy"),
+                "--seq-len",
+                "32",
+                "--num-seqs",
+                "2",
+                "--out",
+                str(d / "s.safetensors"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "prune",
+                str(stock),
+                "--scores",
+                str(d / "s.safetensors"),
+                "--widths",
+                "48,20",
+                "--out",
+                str(pruned),
+            ]
+        )
+        == 0
+    )
 
     with pytest.raises(SystemExit) as e:
         main(["export-olmo-core", str(pruned), str(d / "unpadded"), "--layout", "default"])
@@ -174,7 +229,9 @@ def test_narrower_experts_are_padded_or_refused(setup, capsys):
 
     for layout in ("default", "dropless"):
         padded = d / f"padded-{layout}"
-        assert main(["export-olmo-core", str(pruned), str(padded), "--layout", layout, "--pad"]) == 0
+        assert (
+            main(["export-olmo-core", str(pruned), str(padded), "--layout", layout, "--pad"]) == 0
+        )
         saved = read_config(padded)
         assert saved["olmo_flex"]["stock_expert_widths"] == [[48, 20]] * 2
         config = TransformerConfig.from_dict(saved["model"])
@@ -184,7 +241,9 @@ def test_narrower_experts_are_padded_or_refused(setup, capsys):
         x = tokens(vocab=VOCAB)
         with torch.no_grad():
             ours = load_model(pruned)(x)
-        assert max_diff(reference_logits(stock_padded, x), ours) < 1e-5  # zero padding: same function
+        assert (
+            max_diff(reference_logits(stock_padded, x), ours) < 1e-5
+        )  # zero padding: same function
 
         assert expert_widths_per_layer(read_model_config(padded)) == [[48, 20]] * 2  # restored
         back = weights(padded)
@@ -196,8 +255,14 @@ def test_narrower_experts_are_padded_or_refused(setup, capsys):
     "args, message",
     [
         (["export-olmo-core", "{stock}", "{stock}/inside", "--layout", "default"], "the input"),
-        (["export-olmo-core", "{stock}", "{stock}", "--layout", "default", "--overwrite"], "the input"),
-        (["import-olmo-core", "{d}/ours", "{d}/imported"], "is not a stock OLMo-core MoE checkpoint"),
+        (
+            ["export-olmo-core", "{stock}", "{stock}", "--layout", "default", "--overwrite"],
+            "the input",
+        ),
+        (
+            ["import-olmo-core", "{d}/ours", "{d}/imported"],
+            "is not a stock OLMo-core MoE checkpoint",
+        ),
         (["export-olmo-core", "{d}/optout", "{d}/x", "--layout", "default"], "(opt_out)"),
         (["import-olmo-core", "{d}/missing", "{d}/imported"], "does not exist"),
         (["export-olmo-core", "{stock}", "{d}/data", "--layout", "dropless"], "already exists"),
@@ -211,6 +276,8 @@ def test_bad_input_is_one_error_line_and_writes_nothing(setup, capsys, args, mes
     with pytest.raises(SystemExit) as e:
         main(argv)
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and err.startswith("error: ") and message in err and "\n" not in err, err
+    assert e.value.code == 2 and err.startswith("error: ") and message in err and "\n" not in err, (
+        err
+    )
     assert sorted(p.name for p in d.iterdir()) == before
     assert not (stock / "inside").exists()

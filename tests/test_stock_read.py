@@ -40,7 +40,9 @@ def checkpoint(tmp_path, layout, experts=2, top_k=2, hidden=48, seed=0, **moe):
 
 @pytest.mark.parametrize("experts,top_k,hidden", CASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_load_model_computes_what_the_stock_model_computes(tmp_path, layout, experts, top_k, hidden):
+def test_load_model_computes_what_the_stock_model_computes(
+    tmp_path, layout, experts, top_k, hidden
+):
     # The default type keeps at most capacity_factor * top_k / experts of the tokens per expert;
     # with this factor it keeps all, so the stock model is the dropless function (see docs).
     moe = {"capacity_factor": experts / top_k} if layout == "default" else {}

@@ -40,7 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "train_configs" / "tiny_from_checkpoint.py")
 STEPS, STOP = 5, 2
 EXPERTS, HIDDEN = 4, 64  # top-2 of 4; the expert width equals d_model (64)
-SAVE_START = "--trainer.callbacks.checkpointer.pre_train_checkpoint=true"  # step0: the loaded weights
+SAVE_START = (
+    "--trainer.callbacks.checkpointer.pre_train_checkpoint=true"  # step0: the loaded weights
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,13 +60,16 @@ def data_root(tmp_path_factory):
 
 
 def experiment(save_folder, *extra):
-    config = load_experiment(CONFIG, [
-        f"--trainer.save_folder={save_folder}",
-        f"--trainer.max_duration.value={STEPS}",
-        "--trainer.callbacks.checkpointer.save_interval=2",
-        "--trainer.callbacks.wandb.enabled=false",
-        *extra,
-    ])
+    config = load_experiment(
+        CONFIG,
+        [
+            f"--trainer.save_folder={save_folder}",
+            f"--trainer.max_duration.value={STEPS}",
+            "--trainer.callbacks.checkpointer.save_interval=2",
+            "--trainer.callbacks.wandb.enabled=false",
+            *extra,
+        ],
+    )
     config.train_module.dp_config = None  # one process
     return config
 
@@ -107,7 +112,9 @@ def test_load_path_converts_a_stock_checkpoint(uninterrupted, stock_init):
     stock, _ = stock_init
     start = dict(iter_tensors(folder / "step0", list(tensor_shapes(folder / "step0"))))
     for name, stored in stock.state_dict().items():
-        expected = variable_rows(name, stored, "default", EXPERTS, HIDDEN) if is_expert(name) else stored
+        expected = (
+            variable_rows(name, stored, "default", EXPERTS, HIDDEN) if is_expert(name) else stored
+        )
         assert torch.equal(start[name], expected), name
 
 
@@ -133,9 +140,13 @@ def stock_run(request, tmp_path_factory, uninterrupted, stock_init):
     weights = ours.train_module.model.state_dict()
     stock_model_.load_state_dict({k: to_stock(k, v) for k, v in weights.items()})
     optim = get_optimizer_state_dict(ours.train_module.model, ours.train_module.optim)
-    optim["state"] = {k: {s: to_stock(k, v) for s, v in st.items()} for k, st in optim["state"].items()}
+    optim["state"] = {
+        k: {s: to_stock(k, v) for s, v in st.items()} for k, st in optim["state"].items()
+    }
     set_optimizer_state_dict(stock_model_, trainer.train_module.optim, optim)
-    trainer.load_state_dict(torch.load(folder / f"step{STOP}" / "train" / "rank0.pt", weights_only=False))
+    trainer.load_state_dict(
+        torch.load(folder / f"step{STOP}" / "train" / "rank0.pt", weights_only=False)
+    )
     trainer.callbacks["config_saver"].config = config.as_config_dict()  # writes config.json
     trainer.save_checkpoint()
     return layout, d / "run"
@@ -151,7 +162,9 @@ def test_a_stock_run_continues_bitwise(stock_run, uninterrupted, tmp_path, capsy
     assert main(["import-olmo-core", str(stock_folder), str(converted)]) == 0
     step = converted / f"step{STOP}"
     trainer_state = Path("train") / "rank0.pt"  # step, data position, RNG: copied as they are
-    assert (step / trainer_state).read_bytes() == (stock_folder / f"step{STOP}" / trainer_state).read_bytes()
+    assert (step / trainer_state).read_bytes() == (
+        stock_folder / f"step{STOP}" / trainer_state
+    ).read_bytes()
     trainer = train(experiment(converted))  # the model config comes from the converted run
     assert trainer.global_step == STEPS
     for name, t in state(trainer.train_module.model).items():
@@ -179,9 +192,9 @@ def _dcp(directory: Path) -> dict:
 def test_three_steps_from_a_stock_trainer_checkpoint(stock_run, tmp_path):
     layout, stock_folder = stock_run
     run = tmp_path / "run"
-    trainer = train(experiment(
-        run, f"--load_path={stock_folder}", "--trainer.max_duration.value=3", SAVE_START
-    ))
+    trainer = train(
+        experiment(run, f"--load_path={stock_folder}", "--trainer.max_duration.value=3", SAVE_START)
+    )
     assert trainer.global_step == 3
     start, loaded = load_model(run / "step0"), load_model(stock_folder)
     for name, t in start.state_dict().items():
@@ -206,15 +219,18 @@ def test_pruning_callback_takes_a_stock_teacher(tmp_path):
     teacher = stock_model(config, seed=7)
     ckpt = save_stock(teacher, config, tmp_path / "teacher")
     prune_config = str(ROOT / "train_configs" / "tiny_flex_prune.py")
-    run = load_experiment(prune_config, [
-        f"--trainer.save_folder={tmp_path / 'run'}",
-        "--trainer.max_duration.value=1",
-        "--trainer.callbacks.wandb.enabled=false",
-        f"--trainer.callbacks.prune.teacher={ckpt}",
-        "--trainer.callbacks.prune.num_seqs=4",
-        "--trainer.callbacks.prune.batch_size=2",
-        "--trainer.callbacks.prune.compare_num_seqs=2",
-    ])
+    run = load_experiment(
+        prune_config,
+        [
+            f"--trainer.save_folder={tmp_path / 'run'}",
+            "--trainer.max_duration.value=1",
+            "--trainer.callbacks.wandb.enabled=false",
+            f"--trainer.callbacks.prune.teacher={ckpt}",
+            "--trainer.callbacks.prune.num_seqs=4",
+            "--trainer.callbacks.prune.batch_size=2",
+            "--trainer.callbacks.prune.compare_num_seqs=2",
+        ],
+    )
     run.train_module.dp_config = None
     train(run)
     name = "blocks.1.feed_forward_moe.experts.mlp.w1"
@@ -232,10 +248,21 @@ def test_load_path_under_fsdp_on_two_ranks(stock_init, uninterrupted, data_root,
     """Two gloo ranks with FSDP: each rank's shard of every weight comes from the converted stock
     tensors, so the run's start equals the single-process one's."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "olmo_flex_ext.launch", CONFIG, f"--trainer.save_folder={run}",
-           f"--load_path={stock_init[1]}", "--trainer.max_duration.value=1",
-           "--trainer.callbacks.wandb.enabled=false", SAVE_START]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "olmo_flex_ext.launch",
+        CONFIG,
+        f"--trainer.save_folder={run}",
+        f"--load_path={stock_init[1]}",
+        "--trainer.max_duration.value=1",
+        "--trainer.callbacks.wandb.enabled=false",
+        SAVE_START,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OLMO_FLEX_DATA_ROOT": str(data_root)}
     result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]

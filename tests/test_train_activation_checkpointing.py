@@ -18,7 +18,11 @@ from olmo_core.train.train_module import TransformerActivationCheckpointingConfi
 from olmo_flex_ext.models import tiny_flex
 from olmo_flex_ext.train.trainable import set_trainable_experts, tolerate_wrappers
 
-MODULES = ["blocks.*.attention", "blocks.*.feed_forward_moe.experts", "blocks.*.feed_forward_moe.router"]
+MODULES = [
+    "blocks.*.attention",
+    "blocks.*.feed_forward_moe.experts",
+    "blocks.*.feed_forward_moe.router",
+]
 MODES = [
     (Mode.selected_ops, {}),
     (Mode.selected_modules, {"modules": MODULES[:2]}),
@@ -29,7 +33,9 @@ MODES = [
 def model(split: bool = False):
     torch.manual_seed(0)
     m = tiny_flex([48, 16]).build(init_device="cpu")
-    m.init_weights(device=torch.device("cpu"), max_seq_len=32)  # warms the RoPE cache, as a run does
+    m.init_weights(
+        device=torch.device("cpu"), max_seq_len=32
+    )  # warms the RoPE cache, as a run does
     if split:
         set_trainable_experts(m, [1])
     return m.train()
@@ -63,7 +69,9 @@ def test_modes_give_the_same_loss_gradients_and_metrics(mode, settings, split):
     assert metrics == pytest.approx(ac_metrics, rel=1e-6)  # a recomputed router counts once
 
 
-@pytest.mark.parametrize("mode,settings", [(Mode.full, {}), (Mode.selected_blocks, {"block_interval": 2})])
+@pytest.mark.parametrize(
+    "mode,settings", [(Mode.full, {}), (Mode.selected_blocks, {"block_interval": 2})]
+)
 def test_whole_block_modes_are_refused_by_olmo_core(mode, settings):
     with pytest.raises(OLMoConfigurationError, match="MoE blocks"):
         model().apply_activation_checkpointing(mode, **settings)
@@ -83,10 +91,14 @@ def test_group_overrides_and_checks_match_wrapped_parameters():
     config.model.freeze_params = config.freeze_params
     w1 = "blocks.*.feed_forward_moe.experts.mlp.w1"
     optim = config.train_module.optim
-    optim.group_overrides.append(OptimGroupOverride(params=[tolerate_wrappers(w1)], opts={"lr": 0.5}))
+    optim.group_overrides.append(
+        OptimGroupOverride(params=[tolerate_wrappers(w1)], opts={"lr": 0.5})
+    )
     tm = config.train_module
     tm.dp_config = None
-    tm.ac_config = TransformerActivationCheckpointingConfig(mode=Mode.selected_modules, modules=MODULES)
+    tm.ac_config = TransformerActivationCheckpointingConfig(
+        mode=Mode.selected_modules, modules=MODULES
+    )
 
     built = tm.build(build_model(config))  # OLMo-core raises if an override matches nothing
     names = {id(p): n for n, p in built.model.named_parameters()}

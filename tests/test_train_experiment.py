@@ -93,9 +93,7 @@ def test_load_model_returns_trained_weights(full_run):
         assert_bitwise_equal(state(model), weights)
 
 
-def test_stop_and_resume_is_bitwise_equal_and_rerun_of_finished_run_is_a_no_op(
-    full_run, tmp_path
-):
+def test_stop_and_resume_is_bitwise_equal_and_rerun_of_finished_run_is_a_no_op(full_run, tmp_path):
     folder = tmp_path / "run"
     first = run_in_process(folder, HARD_STOP_5)
     assert first.global_step == 5
@@ -154,7 +152,11 @@ def test_wandb_offline_run_exits_zero_and_resume_continues_the_same_run(tmp_path
     for steps in (2, 3):  # the second run resumes from the first one's step2 checkpoint
         out = subprocess.run(
             cmd + [f"--trainer.max_duration.value={steps}"],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
         )
         assert out.returncode == 0, out.stderr[-3000:]
     runs = sorted((folder / "wandb" / "wandb").glob("offline-run-*"))

@@ -32,7 +32,12 @@ def build_config():
 FAST = ["--trainer.metrics_collect_interval=5", "--trainer.callbacks.wandb.enabled=false"]
 HARD_STOP_5 = "--trainer.hard_stop={value: 5, unit: steps}"
 
-CASES = [([7, 3], 2, [1]), ([5, 11, 2], 3, [1]), ([5, 11, 2], 2, [0, 2]), ([9, 1, 4, 13], 1, [1, 2])]
+CASES = [
+    ([7, 3], 2, [1]),
+    ([5, 11, 2], 3, [1]),
+    ([5, 11, 2], 2, [0, 2]),
+    ([9, 1, 4, 13], 1, [1, 2]),
+]
 
 
 @pytest.mark.parametrize("widths,top_k,trained", CASES, ids=[str(c) for c in CASES])
@@ -136,7 +141,9 @@ def test_expert_only_run_keeps_layout_and_frozen_rows_and_resumes_bitwise(config
     for p, q in zip(model.parameters(), resumed.train_module.model.parameters()):
         if p.requires_grad:
             s, t = optim.state[p], resumed.train_module.optim.state[q]
-            assert torch.equal(s["exp_avg"], t["exp_avg"]) and torch.equal(s["exp_avg_sq"], t["exp_avg_sq"])
+            assert torch.equal(s["exp_avg"], t["exp_avg"]) and torch.equal(
+                s["exp_avg_sq"], t["exp_avg_sq"]
+            )
 
 
 def torchrun(config_file, folder, *extra):

@@ -94,7 +94,9 @@ def olmo_flex(*args, cwd):
 def test_plan_command_finds_the_largest_micro_batch_and_refuses_bad_input(data_root):
     config = str(ROOT / "train_configs" / "tiny_flex.py")
     # 2 ranks, 4 sequences each, micro-batches of 4 (about 15 MB): at 12 MB only 2 fit
-    proc = olmo_flex("plan", config, "--world-size", "2", "--gpu-memory", "12MB", "--json", cwd=data_root)
+    proc = olmo_flex(
+        "plan", config, "--world-size", "2", "--gpu-memory", "12MB", "--json", cwd=data_root
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = json.loads(proc.stdout)
     assert plan["fits"] is False and plan["micro_batch"] == 4 and plan["rank_batch"] == 4
@@ -125,7 +127,11 @@ def test_routed_layers_are_planned_with_an_assumed_routing(data_root):
     mlp = VariableMoEMLP(d_model=8, expert_widths=[16, 48, 32])
     ids = torch.zeros(10, 2, dtype=torch.long)  # the values are never read when assumed
     mlp.assumed_routing = "balanced"
-    assert mlp.tokens_per_expert(ids) == [7, 7, 6] and mlp.tokens_per_expert(ids, [0, 2]) == [10, 0, 10]
+    assert mlp.tokens_per_expert(ids) == [7, 7, 6] and mlp.tokens_per_expert(ids, [0, 2]) == [
+        10,
+        0,
+        10,
+    ]
     mlp.assumed_routing = "worst"  # every token to the top-2 widest experts
     assert mlp.tokens_per_expert(ids) == [0, 10, 10]
 

@@ -42,9 +42,16 @@ def test_freezes_all_but_trained_rows_and_routers_and_masks_router_rows(tmp_path
     config = _experiment(tmp_path)
     model = build_model(config).to_empty(device="cpu")
     trainable = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {f"blocks.{i}.feed_forward_moe.{t}": shape for i in range(2) for t, shape in
-                         [("experts.mlp.w1", (16, 64)), ("experts.mlp.w2", (16, 64)),
-                          ("experts.mlp.w3", (16, 64)), ("router.weight", (128,))]}
+    assert trainable == {
+        f"blocks.{i}.feed_forward_moe.{t}": shape
+        for i in range(2)
+        for t, shape in [
+            ("experts.mlp.w1", (16, 64)),
+            ("experts.mlp.w2", (16, 64)),
+            ("experts.mlp.w3", (16, 64)),
+            ("router.weight", (128,)),
+        ]
+    }
     optim = config.train_module.optim.build(model)
     decay = {id(p): g["weight_decay"] for g in optim.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
@@ -74,8 +81,11 @@ def test_refuses_setups_that_would_move_frozen_rows(tmp_path):
     config = _experiment(tmp_path)
     model = build_model(config).to_empty(device="cpu")
     with pytest.raises(Exception, match="weight_decay=0.1"):
-        _attach(TrainableExpertsCallback(experts=[1]), model,
-                AdamWConfig(lr=1e-3, weight_decay=0.1).build(model))
+        _attach(
+            TrainableExpertsCallback(experts=[1]),
+            model,
+            AdamWConfig(lr=1e-3, weight_decay=0.1).build(model),
+        )
     with pytest.raises(Exception, match="has 2 experts"):
         set_trainable_experts(tiny_flex([48, 16]).build(init_device="meta"), [2])
     model.blocks["0"].feed_forward_moe.experts.mlp.w1_frozen.requires_grad_(True)

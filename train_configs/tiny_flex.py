@@ -11,4 +11,6 @@ from olmo_flex_ext.recipes import tiny_experiment
 
 
 def build_config():
-    return tiny_experiment("tiny_flex", model=tiny_flex([256, 96]), steps=200, lr=1e-2, save_interval=25)
+    return tiny_experiment(
+        "tiny_flex", model=tiny_flex([256, 96]), steps=200, lr=1e-2, save_interval=25
+    )

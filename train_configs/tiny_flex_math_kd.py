@@ -33,7 +33,11 @@ def build_config():
         teacher=TEACHER, calibration=tiny_data(), seq_len=TINY_SEQ, num_seqs=64, batch_size=8
     )
     config = tiny_experiment(
-        "tiny_flex_math_kd", model=tiny_flex([256, 32]), steps=200, lr=3e-3, save_interval=50,
+        "tiny_flex_math_kd",
+        model=tiny_flex([256, 32]),
+        steps=200,
+        lr=3e-3,
+        save_interval=50,
         extra_callbacks={"prune": prune},
     )
     config = with_distillation(config, store=STORE, teacher_path=TEACHER)

@@ -27,6 +27,10 @@ def build_config():
         compare_num_seqs=32,
     )
     return tiny_experiment(
-        "tiny_flex_prune", model=tiny_flex([256, 48]), steps=100, lr=3e-3, save_interval=25,
+        "tiny_flex_prune",
+        model=tiny_flex([256, 48]),
+        steps=100,
+        lr=3e-3,
+        save_interval=25,
         extra_callbacks={"prune": prune},
     )

@@ -25,8 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "expert of any width, into one model: public expert first, then each input's domain "
         "expert in the order given. Refuses (naming the tensor) if shared weights differ.",
     )
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="2-expert checkpoints (model-only, trainer stepN/ or run folder)")
+    p.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CKPT",
+        help="2-expert checkpoints (model-only, trainer stepN/ or run folder)",
+    )
     p.add_argument("--top-k", type=int, required=True, help="experts per token in the merged model")
     p.add_argument("--out", required=True, help="output model-only checkpoint directory")
     p.add_argument(
@@ -47,8 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the config records the opt-out (reversible with --experts none); --drop removes them.",
     )
     add_checkpoint(p)
-    p.add_argument("--experts", required=True, type=_expert_ids,
-                   help="expert ids, e.g. 2 or 1,3; 'none' for all on")
+    p.add_argument(
+        "--experts",
+        required=True,
+        type=_expert_ids,
+        help="expert ids, e.g. 2 or 1,3; 'none' for all on",
+    )
     p.add_argument("--out", required=True, help="output model-only checkpoint directory")
     p.add_argument("--drop", action="store_true", help="remove the experts' weights")
     add_overwrite(p)

@@ -92,7 +92,9 @@ def mean_router_inputs(
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        bar = progress_bar(description, len(batches), unit="batches", enabled=progress, transient=True)
+        bar = progress_bar(
+            description, len(batches), unit="batches", enabled=progress, transient=True
+        )
         with torch.no_grad(), bar as advance:
             for ids in batches:
                 model(ids.to(device))
@@ -167,7 +169,10 @@ def save_domain_embeddings(
     if not isinstance(embeddings, DomainEmbeddings):
         embeddings = DomainEmbeddings(
             list(embeddings),
-            [torch.as_tensor(v).float().reshape(-1, torch.as_tensor(v).shape[-1]) for v in embeddings.values()],
+            [
+                torch.as_tensor(v).float().reshape(-1, torch.as_tensor(v).shape[-1])
+                for v in embeddings.values()
+            ],
             dict(info or {"method": "external"}),
         )
     elif info:
@@ -211,5 +216,7 @@ def load_domain_embeddings(paths: Union[PathLike, Sequence[PathLike]]) -> Domain
             ) from None
         names += order
         vectors += [tensors[n] for n in order]
-        infos.append({"path": str(p), **{k: json.loads(v) for k, v in meta.items() if k != "names"}})
+        infos.append(
+            {"path": str(p), **{k: json.loads(v) for k, v in meta.items() if k != "names"}}
+        )
     return DomainEmbeddings(names, vectors, {"sources": infos})

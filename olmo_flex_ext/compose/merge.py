@@ -44,7 +44,9 @@ __all__ = ["merge_experts", "MergeError", "param_names", "expert_rows", "load_te
 
 PathLike = Union[str, os.PathLike]
 
-_MOE = re.compile(r"^blocks\.(\d+)\.feed_forward_moe\.(experts\.mlp\.w[123]|router\.weight|router\.expert_bias)$")
+_MOE = re.compile(
+    r"^blocks\.(\d+)\.feed_forward_moe\.(experts\.mlp\.w[123]|router\.weight|router\.expert_bias)$"
+)
 
 
 class MergeError(UserError):
@@ -155,7 +157,9 @@ def _check_configs(inputs: List[_Input]) -> None:
 def merged_config(inputs: Sequence[_Input], top_k: int) -> TransformerConfig:
     """The merged model's config: public expert, then each input's domain expert, ``top_k``."""
     n_layers = inputs[0].config.n_layers
-    widths = [[inputs[0].widths[i][0]] + [inp.widths[i][1] for inp in inputs] for i in range(n_layers)]
+    widths = [
+        [inputs[0].widths[i][0]] + [inp.widths[i][1] for inp in inputs] for i in range(n_layers)
+    ]
     num = len(widths[0])
     if not 1 <= top_k <= num:
         raise MergeError(f"--top-k {top_k} must be between 1 and the number of experts ({num})")
@@ -240,8 +244,12 @@ def merge_experts(
     d_model, n_layers = config.d_model, config.n_layers
     emb: Optional[DomainEmbeddings] = None
     if router_from is not None:
-        emb = router_from if isinstance(router_from, DomainEmbeddings) else load_domain_embeddings(
-            [router_from] if isinstance(router_from, (str, os.PathLike)) else list(router_from)
+        emb = (
+            router_from
+            if isinstance(router_from, DomainEmbeddings)
+            else load_domain_embeddings(
+                [router_from] if isinstance(router_from, (str, os.PathLike)) else list(router_from)
+            )
         )
         if len(emb) not in (len(parsed), len(parsed) + 1):
             raise MergeError(
@@ -253,11 +261,15 @@ def merge_experts(
     specs = tensor_meta(parsed[0].path)
     missing = [n for n in names if n not in specs]
     if missing:
-        raise MergeError(f"{parsed[0].path} has no tensor {missing[0]}: it is not the model its config.json describes")
+        raise MergeError(
+            f"{parsed[0].path} has no tensor {missing[0]}: it is not the model its config.json describes"
+        )
     out_specs = tensor_specs_of(config, specs)
     router_public = emb is None or len(emb) == len(parsed)
 
-    with progress_bar("checking shared weights", len(names), unit="tensors", enabled=progress) as tick:
+    with progress_bar(
+        "checking shared weights", len(names), unit="tensors", enabled=progress
+    ) as tick:
         _verify_shared(parsed, names, router_public, tick)
     with progress_bar("writing merged model", len(names), unit="tensors", enabled=progress) as tick:
 
@@ -289,7 +301,10 @@ def tensor_specs_of(
 ) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
     """Shapes of ``config``'s model with the dtypes of the checkpoint ``like`` describes."""
     model = config.build(init_device="meta")
-    return {n: (tuple(t.shape), like[n][1] if n in like else t.dtype) for n, t in model.state_dict().items()}
+    return {
+        n: (tuple(t.shape), like[n][1] if n in like else t.dtype)
+        for n, t in model.state_dict().items()
+    }
 
 
 def _merged_tensor(

@@ -54,7 +54,9 @@ def ensure_synthetic_tokens(
     for i in range(num_files):
         path = d / f"part-{i:02d}.npy"
         if not path.exists():
-            data = bigram_tokens(tokens_per_file, vocab_size, seed=seed * 1000 + i).astype(np.uint16)
+            data = bigram_tokens(tokens_per_file, vocab_size, seed=seed * 1000 + i).astype(
+                np.uint16
+            )
             write_atomic(path, data)
         paths.append(str(path))
     return paths

@@ -287,14 +287,36 @@ def tokenize_jsonl(
         # Redo finished data beside it, so that it stays whole until the new data is complete.
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
-            meta = _tokenize_into(tmp, paths, settings, np_dtype, special, tokenizer_file,
-                                  workers, field, docs_per_chunk, progress, resume=False)
+            meta = _tokenize_into(
+                tmp,
+                paths,
+                settings,
+                np_dtype,
+                special,
+                tokenizer_file,
+                workers,
+                field,
+                docs_per_chunk,
+                progress,
+                resume=False,
+            )
             move_into_place(tmp, out, overwrite=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return meta
-    return _tokenize_into(out, paths, settings, np_dtype, special, tokenizer_file, workers,
-                          field, docs_per_chunk, progress, resume=not overwrite)
+    return _tokenize_into(
+        out,
+        paths,
+        settings,
+        np_dtype,
+        special,
+        tokenizer_file,
+        workers,
+        field,
+        docs_per_chunk,
+        progress,
+        resume=not overwrite,
+    )
 
 
 def _tokenize_into(

@@ -63,7 +63,9 @@ class TokenFiles:
     With ``vocab_size``, every window read is checked: an id at or above it stops the reader with
     an error naming the file and position (a check that costs one ``max`` per window)."""
 
-    def __init__(self, paths: Union[str, Sequence[str]], dtype: type, vocab_size: Optional[int] = None):
+    def __init__(
+        self, paths: Union[str, Sequence[str]], dtype: type, vocab_size: Optional[int] = None
+    ):
         self.paths = expand_paths(paths)
         self.dtype = np.dtype(dtype)
         self.vocab_size = vocab_size

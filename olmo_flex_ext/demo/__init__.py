@@ -52,7 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="the shortened variant CI runs")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and every run (default 0)")
     p.add_argument("--no-wandb", action="store_true", help="do not log training runs to W&B")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads per process (default 1)"
+    )
     p.add_argument(
         "--jobs", type=int, default=2,
         help="stages run side by side in worker processes (default 2; 1 runs all in this process)",

@@ -29,6 +29,7 @@ COMPOSITION_FIELDS = (
     "code_loss", "general_loss",
 )  # fmt: skip
 
+
 def merge(demo: Demo, full: str, code: str, embeddings: str) -> Dict[str, Any]:
     from ..compose import merge_experts
 

@@ -105,13 +105,17 @@ class StageDisplay:
     def done(self, name: str, seconds: float, summary: str = "", *, skipped: bool = False) -> None:
         self.running.pop(name, None)
         self.finished += 1
-        mark, note = ("[dim]·[/dim]", " [dim](done earlier)[/dim]") if skipped else ("[green]✓[/green]", "")
+        mark, note = (
+            ("[dim]·[/dim]", " [dim](done earlier)[/dim]") if skipped else ("[green]✓[/green]", "")
+        )
         self.console.print(f"{mark} {name:<28} {seconds:7.1f} s  {summary}{note}")
         self._refresh()
 
     def failed(self, name: str, seconds: float, error: BaseException, log: Path) -> None:
         self.running.pop(name, None)
-        self.console.print(f"[red]✗ {name:<28} {seconds:7.1f} s  {type(error).__name__}: {error}[/red]")
+        self.console.print(
+            f"[red]✗ {name:<28} {seconds:7.1f} s  {type(error).__name__}: {error}[/red]"
+        )
         tail = log_tail(log)
         if tail:
             self.console.print(f"  last lines of {log}:", style="dim")

@@ -64,8 +64,15 @@ class Demo:
     def summary(self, name: str, outputs: Dict[str, Any]) -> str:
         """A finished stage's key number, for its line on the terminal."""
         if "math_loss" in outputs:  # an evaluation
-            parts = [f"math acc {outputs['math_accuracy']:.3f}", f"answer loss {outputs['math_loss']:.3f}"]
-            parts += [f"{d} loss {outputs[f'{d}_loss']:.3f}" for d in ("code", "general") if f"{d}_loss" in outputs]
+            parts = [
+                f"math acc {outputs['math_accuracy']:.3f}",
+                f"answer loss {outputs['math_loss']:.3f}",
+            ]
+            parts += [
+                f"{d} loss {outputs[f'{d}_loss']:.3f}"
+                for d in ("code", "general")
+                if f"{d}_loss" in outputs
+            ]
             return ", ".join(parts)
         metrics = self.path("runs", name, "metrics.jsonl")
         if metrics.is_file():  # a training run: its last logged training loss
@@ -123,13 +130,21 @@ class Demo:
         shutil.rmtree(probe)
         out: Dict[str, Any] = {
             "embeddings": str(
-                save_domain_embeddings(models / "domain-embeddings.safetensors", emb, overwrite=True)
+                save_domain_embeddings(
+                    models / "domain-embeddings.safetensors", emb, overwrite=True
+                )
             )
         }
         for k, domain in enumerate(DOMAINS[1:], start=1):
-            rows = torch.stack([torch.stack([emb.row(0, i), emb.row(k, i)]) for i in range(c.n_layers)])
+            rows = torch.stack(
+                [torch.stack([emb.row(0, i), emb.row(k, i)]) for i in range(c.n_layers)]
+            )
             path = upcycle(
-                public, models / f"upcycled-{domain}", num_experts=2, router_from=rows, overwrite=True
+                public,
+                models / f"upcycled-{domain}",
+                num_experts=2,
+                router_from=rows,
+                overwrite=True,
             )
             out[domain] = str(path)
         return out
@@ -189,7 +204,9 @@ class Demo:
         out = [Variant(str(w), [[c.public_width, w]] * c.n_layers) for w in c.widths()]
         budget = c.budget_width()
         allocate = PruneCallback(budget_width=budget, multiple=c.width_multiple)
-        out.append(Variant(f"budget{budget}", allocate.allocation(ImportanceScores.load(scores)), budget))
+        out.append(
+            Variant(f"budget{budget}", allocate.allocation(ImportanceScores.load(scores)), budget)
+        )
         return out
 
     def stage_distill(self, v: Variant, teacher: str, scores: str, store: str) -> Dict[str, Any]:
@@ -222,7 +239,18 @@ class Demo:
 
         c, r = self.config, self.runner
         cfg = asdict(c)
-        model = {k: cfg[k] for k in ("d_model", "n_layers", "n_heads", "public_width", "seq_len", "batch_seqs", "seed")}
+        model = {
+            k: cfg[k]
+            for k in (
+                "d_model",
+                "n_layers",
+                "n_heads",
+                "public_width",
+                "seq_len",
+                "batch_seqs",
+                "seed",
+            )
+        }
 
         r.run("data", {"data": cfg["data"]}, self.stage_data)
         public = r.run(

@@ -171,7 +171,9 @@ def demo_report(
     budget = next(v for k, v in distilled.items() if k.startswith("budget"))
     allocation = {
         f"uniform {c.budget_width()}": [c.budget_width()] * c.n_layers,
-        f"importance-allocated, budget of width {c.budget_width()}": [w[1] for w in budget["widths"]],
+        f"importance-allocated, budget of width {c.budget_width()}": [
+            w[1] for w in budget["widths"]
+        ],
     }
     timings = ", ".join(
         f"{k} {v:.0f} s ({r.cpu_timings.get(k, 0.0):.0f} s CPU)" for k, v in r.timings.items()

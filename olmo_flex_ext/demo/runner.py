@@ -130,7 +130,9 @@ class StageRunner:
     def _failed(self, name: str, seconds: float, error: BaseException) -> StageFailed:
         if self.display is not None:
             self.display.failed(name, seconds, error, self.log(name))
-        return StageFailed(f"stage {name} failed ({type(error).__name__}: {error}); log: {self.log(name)}")
+        return StageFailed(
+            f"stage {name} failed ({type(error).__name__}: {error}); log: {self.log(name)}"
+        )
 
     def record(self, name: str) -> Optional[Dict[str, Any]]:
         path = self.dir / f"{name}.json"
@@ -208,7 +210,12 @@ class StageRunner:
         return [results[j.name] for j in jobs]
 
     def save(
-        self, name: str, made_from: Dict[str, Any], outputs: Dict[str, Any], seconds: float, cpu: float
+        self,
+        name: str,
+        made_from: Dict[str, Any],
+        outputs: Dict[str, Any],
+        seconds: float,
+        cpu: float,
     ) -> None:
         """Write a stage's record (atomically)."""
         record = {

@@ -120,7 +120,10 @@ class TopKCodec:
         one that :meth:`check` refuses)."""
         n, k, lo = rows.shape[0], self.k, self.lower_bits
         upper = np.unpackbits(
-            rows[:, self.lower_bytes : self.id_bytes], axis=1, count=self.upper_bits, bitorder="little"
+            rows[:, self.lower_bytes : self.id_bytes],
+            axis=1,
+            count=self.upper_bits,
+            bitorder="little",
         )
         flat = np.flatnonzero(upper.view(np.bool_))  # much faster than a 2-D nonzero
         if flat.size != n * k:
@@ -150,12 +153,18 @@ class TopKCodec:
         # The common case in one pass each: ascending ids (so the last is the largest), and
         # `lps <= 0`, which is False for NaN too. Only a bad block is examined row by row.
         ascending = ids.shape[1] == 1 or bool((np.diff(ids, axis=1) > 0).all())
-        if ascending and ids[:, 0].min() >= 0 and ids[:, -1].max() < self.vocab_size and bool(
-            (lps <= 0).all()
+        if (
+            ascending
+            and ids[:, 0].min() >= 0
+            and ids[:, -1].max() < self.vocab_size
+            and bool((lps <= 0).all())
         ):
             return
         checks = [
-            ((ids >= self.vocab_size) | (ids < 0), f"a token id at or above the vocabulary size {self.vocab_size}"),
+            (
+                (ids >= self.vocab_size) | (ids < 0),
+                f"a token id at or above the vocabulary size {self.vocab_size}",
+            ),
             (np.diff(ids, axis=1) <= 0, "token ids that are not in ascending order"),
             (np.isnan(lps), "a NaN log-probability"),
             (lps > 0, "a positive log-probability"),

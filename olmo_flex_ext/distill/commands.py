@@ -21,6 +21,7 @@ from ..data.tokenizers import TOKENIZER_NAMES
 
 __all__ = ["register"]
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "logprobs",
@@ -36,16 +37,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=128, help="tokens kept per position (default 128)")
     p.add_argument("--out", required=True, help="store directory to create")
     p.add_argument(
-        "--tokenizer", metavar="NAME|DIR",
+        "--tokenizer",
+        metavar="NAME|DIR",
         help=f"the data's tokenizer: one of {', '.join(TOKENIZER_NAMES)} or a Hugging Face "
         "tokenizer directory, as olmo-flex tokenize takes it (default: the known one with the "
         "teacher's vocabulary)",
     )
-    p.add_argument("--chunk-windows", type=int, default=None,
-                   help="windows per chunk file, the unit of resumption (default ~256k tokens)")
+    p.add_argument(
+        "--chunk-windows",
+        type=int,
+        default=None,
+        help="windows per chunk file, the unit of resumption (default ~256k tokens)",
+    )
     add_device(p)
-    add_weight_dtype(p, "--teacher-dtype", choices=["float32", "bfloat16"], default="float32",
-                     help="teacher weights (bfloat16 halves GPU memory; log-softmax stays float32)")
+    add_weight_dtype(
+        p,
+        "--teacher-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="teacher weights (bfloat16 halves GPU memory; log-softmax stays float32)",
+    )
     add_overwrite(p, "an existing store (and an unfinished one made with other settings)")
     add_verify(p)
     p.set_defaults(run=_logprobs)

@@ -164,8 +164,10 @@ def _chunk_done(work: Path, c: int, tokens: int, codec: TopKCodec) -> bool:
     expected = digest.read_text().strip() if digest.is_file() else None
     if size == tokens * codec.row_bytes and expected and sha256_file(chunk) == expected:
         return True
-    why = "has the wrong size" if size != tokens * codec.row_bytes else (
-        "has no recorded hash" if not expected else "does not match its recorded hash"
+    why = (
+        "has the wrong size"
+        if size != tokens * codec.row_bytes
+        else ("has no recorded hash" if not expected else "does not match its recorded hash")
     )
     note(f"{chunk} {why}: computing it again")
     chunk.unlink(missing_ok=True)
@@ -184,7 +186,9 @@ def _all_true(flag: bool) -> bool:
 
 
 def _write_atomic(path: Path, data: Union[bytes, np.ndarray]) -> None:
-    write_atomic(path, np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data, fsync=True)
+    write_atomic(
+        path, np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data, fsync=True
+    )
 
 
 # ---- generation -----------------------------------------------------------------------------
@@ -262,7 +266,9 @@ def generate_store(
             total = sum(w.length for c in mine for w in chunks[c])
             done = total - sum(w.length for c in todo for w in chunks[c])
             label = "teacher top-k" + (f" (rank 0 of {world})" if world > 1 else "")
-            bar = progress_bar(label, total, completed=done, unit="tokens", enabled=progress and rank == 0)
+            bar = progress_bar(
+                label, total, completed=done, unit="tokens", enabled=progress and rank == 0
+            )
             with bar as advance:
                 _run_chunks(model, files, chunks, todo, codec, work, batch_size, device, advance)
     except TopKStoreError:
@@ -286,7 +292,9 @@ def _start_or_resume(work: Path, plan: Dict[str, Any], rank: int, overwrite: boo
     if rank == 0:
         old = _read_plan(plan_file) if work.exists() else None
         if work.exists() and old != plan:
-            keys = sorted(k for k in set(old or {}) | set(plan) if (old or {}).get(k) != plan.get(k))
+            keys = sorted(
+                k for k in set(old or {}) | set(plan) if (old or {}).get(k) != plan.get(k)
+            )
             if old is not None and not overwrite:
                 error = (
                     f"{work} holds an unfinished store made with other settings "
@@ -355,9 +363,7 @@ def _run_chunks(
                 _check_teacher(files, batch, lps_np)
                 for i, w in enumerate(batch):
                     lo = w.offset - start
-                    pending.append(
-                        pool.submit(_encode_into, codec, rows, lo, ids_np[i], lps_np[i])
-                    )
+                    pending.append(pool.submit(_encode_into, codec, rows, lo, ids_np[i], lps_np[i]))
                 advance(sum(w.length for w in batch))
             pending.append(pool.submit(_write_chunk, work / _chunk_name(c), rows))
         for f in pending:
@@ -421,9 +427,8 @@ def _finalise(
         "encoding": plan["encoding"],
         "chunks": entries,
         "teacher": plan["teacher"],
-        "generation": {
-            k: plan[k] for k in ("windows_per_chunk", "batch_size", "teacher_dtype")
-        } | {"olmo_flex_ext": __version__},
+        "generation": {k: plan[k] for k in ("windows_per_chunk", "batch_size", "teacher_dtype")}
+        | {"olmo_flex_ext": __version__},
     }
     if out.exists() and not overwrite:
         raise TopKStoreError(f"{out} already exists; pass --overwrite to replace it")

@@ -200,8 +200,13 @@ def topk_kd_rows(
     ``with_ce_grad=False`` promises that the CE output gets no gradient (its weight is 0), which
     saves a full-vocabulary pass in backward at temperatures other than 1."""
     return _TopKKD.apply(
-        logits, teacher_ids.long(), teacher_logprobs, labels.long(), float(temperature),
-        bool(rest_bucket), int(chunk_tokens or default_chunk_tokens(logits.device)),
+        logits,
+        teacher_ids.long(),
+        teacher_logprobs,
+        labels.long(),
+        float(temperature),
+        bool(rest_bucket),
+        int(chunk_tokens or default_chunk_tokens(logits.device)),
         bool(with_ce_grad),
     )
 

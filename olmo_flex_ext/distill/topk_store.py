@@ -179,7 +179,9 @@ class TopKStore:
         if m is None:
             c = self.chunks[chunk]
             m = np.memmap(
-                self.path / c["file"], dtype=np.uint8, mode="r",
+                self.path / c["file"],
+                dtype=np.uint8,
+                mode="r",
                 shape=(c["tokens"], self.codec.row_bytes),
             )
             self._maps[chunk] = m

@@ -95,7 +95,10 @@ class KDTrainModule(TransformerTrainModule):
                 f"{store.vocab_size:,d} but the student has {vocab:,d}; they must match"
             )
         if self.teacher_path:
-            made_from, ours = store.teacher.get("weights_sha256"), teacher_identity(self.teacher_path)
+            made_from, ours = (
+                store.teacher.get("weights_sha256"),
+                teacher_identity(self.teacher_path),
+            )
             if made_from != ours["weights_sha256"]:
                 raise UserError(
                     f"top-k store {store.path} was made from teacher "
@@ -113,8 +116,9 @@ class KDTrainModule(TransformerTrainModule):
         if self.teacher is not None:  # online: the teacher runs on this micro-batch
             doc = {k: kwargs[k] for k in ("doc_lens", "max_doc_lens") if k in kwargs}
             with self._model_forward_context():
-                return teacher_topk(self.teacher, move_to_device(input_ids, self.device),
-                                    self.teacher_top_k, **doc)
+                return teacher_topk(
+                    self.teacher, move_to_device(input_ids, self.device), self.teacher_top_k, **doc
+                )
         if ids is not None and lps is not None:
             return move_to_device(ids, self.device), move_to_device(lps, self.device)
         if dry_run:  # OLMo-core's dry-run batch has only input ids: any distinct ids will do

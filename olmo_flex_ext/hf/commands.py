@@ -85,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("path", metavar="PATH")
     p.add_argument(
-        "--verify", action="store_true",
+        "--verify",
+        action="store_true",
         help="also check every weight file: against the SHA-256 recorded when it was written, or "
         "(trainer checkpoints, transformers directories) by reading every tensor; a store's "
         "chunks against their SHA-256 and every row",
@@ -98,7 +99,10 @@ def _import(args) -> int:
 
     with claimed_output(args, args.out, inputs=[args.hf_dir]):
         import_hf(
-            args.hf_dir, args.out, overwrite=args.overwrite, dtype=args.dtype,
+            args.hf_dir,
+            args.out,
+            overwrite=args.overwrite,
+            dtype=args.dtype,
             keep_padding=args.keep_padding,
         )
     return report_written("imported", args.out)
@@ -110,8 +114,12 @@ def _export(args) -> int:
     inputs = checkpoint_input(args.src, args.verify) + ([args.tokenizer] if args.tokenizer else [])
     with claimed_output(args, args.out, inputs=inputs):
         export_hf(
-            args.src, args.out, tokenizer=args.tokenizer, overwrite=args.overwrite,
-            max_shard_bytes=parse_size(args.max_shard_size), dtype=args.dtype,
+            args.src,
+            args.out,
+            tokenizer=args.tokenizer,
+            overwrite=args.overwrite,
+            max_shard_bytes=parse_size(args.max_shard_size),
+            dtype=args.dtype,
         )
     return report_written("exported", args.out)
 
@@ -124,8 +132,13 @@ def _upcycle(args) -> int:
     inputs += [args.router_from] if args.router_from else []
     with claimed_output(args, args.out, inputs=inputs):
         upcycle(
-            args.dense, args.out, num_experts=args.experts, expert_widths=args.widths,
-            router_from=args.router_from, seed=args.seed, overwrite=args.overwrite,
+            args.dense,
+            args.out,
+            num_experts=args.experts,
+            expert_widths=args.widths,
+            router_from=args.router_from,
+            seed=args.seed,
+            overwrite=args.overwrite,
             top_k=args.top_k,
         )
     return report_written("upcycled", args.out)

@@ -79,7 +79,9 @@ def _set_kv_heads(config: TransformerConfig, hf: Any) -> None:
             block.sequence_mixer.n_kv_heads = n_kv  # type: ignore[union-attr]
 
 
-def model_config_from_hf(hf: Any, expert_widths: Optional[List[List[int]]] = None) -> TransformerConfig:
+def model_config_from_hf(
+    hf: Any, expert_widths: Optional[List[List[int]]] = None
+) -> TransformerConfig:
     """Our model config for a transformers ``FlexOlmoConfig`` (a variable-width MoE model) or
     ``Olmo2Config`` (a dense OLMo-2 model). ``expert_widths`` (per layer) overrides FlexOlmo's one
     ``intermediate_size`` for all experts."""

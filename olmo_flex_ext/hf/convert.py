@@ -111,9 +111,11 @@ def import_hf(
     check_output(out, overwrite)
     hf = HFDir.open(hf_dir)
     if hf.model_type != "flex_olmo":
-        hint = "; to grow a dense Olmo2 model into experts use `olmo-flex upcycle`" if (
-            hf.model_type == "olmo2"
-        ) else ""
+        hint = (
+            "; to grow a dense Olmo2 model into experts use `olmo-flex upcycle`"
+            if (hf.model_type == "olmo2")
+            else ""
+        )
         raise CheckpointError(
             f"{hf_dir} holds a model of type {hf.model_type!r}, not FlexOlmo (model_type "
             f"'flex_olmo'); import-hf reads FlexOlmo checkpoints{hint}"
@@ -130,8 +132,12 @@ def import_hf(
         "source_files": sorted(set(hf.shards.values())),
         "hf": hf_token_ids(hf_config),
     }
-    with progress_bar(f"importing {hf.path.name}", len(state), unit="tensors", transient=True) as advance:
-        lazy = {k: reporting(k, cast(t, torch_dtype), lambda _: advance()) for k, t in state.items()}
+    with progress_bar(
+        f"importing {hf.path.name}", len(state), unit="tensors", transient=True
+    ) as advance:
+        lazy = {
+            k: reporting(k, cast(t, torch_dtype), lambda _: advance()) for k, t in state.items()
+        }
         return save_model(out, config, lazy, overwrite=overwrite, info=info)
 
 
@@ -182,9 +188,14 @@ def export_hf(
     items = [(name, cast(t, torch_dtype)) for name, t in to_hf_items(state, config)]
     metadata = {"format": "pt", "olmo_flex_source": str(ckpt.resolve())}
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        with progress_bar(f"exporting {ckpt.name}", len(items), unit="tensors", transient=True) as advance:
+        with progress_bar(
+            f"exporting {ckpt.name}", len(items), unit="tensors", transient=True
+        ) as advance:
             write_sharded(
-                tmp, items, max_shard_bytes=max_shard_bytes, metadata=metadata,
+                tmp,
+                items,
+                max_shard_bytes=max_shard_bytes,
+                metadata=metadata,
                 on_tensor=lambda _: advance(),
             )
         hf_config.save_pretrained(str(tmp))

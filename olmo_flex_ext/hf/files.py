@@ -235,6 +235,7 @@ def write_sharded(
 
 def reporting(name: str, t: LazyTensor, on_tensor: Callable[[str], None]) -> LazyTensor:
     """``t`` that calls ``on_tensor(name)`` each time it has been loaded (for progress bars)."""
+
     def load() -> torch.Tensor:
         tensor = t.load()
         on_tensor(name)
@@ -243,8 +244,16 @@ def reporting(name: str, t: LazyTensor, on_tensor: Callable[[str], None]) -> Laz
     return LazyTensor(t.shape, t.dtype, load)
 
 
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
-          "GIB": 2**30}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
 
 
 def parse_size(text: Union[str, int]) -> int:
@@ -253,7 +262,7 @@ def parse_size(text: Union[str, int]) -> int:
         return text
     s = text.strip().upper().replace(" ", "")
     num = s.rstrip("KMGIB")
-    unit = s[len(num):]
+    unit = s[len(num) :]
     try:
         value = float(num) * _UNITS[unit]
     except (ValueError, KeyError):

@@ -143,7 +143,9 @@ def hf_state(hf: HFDir, config: TransformerConfig) -> Dict[str, LazyTensor]:
         used.update(m.source_keys)
         expert = EXPERT_RE.match(dest)
         if expert is None:
-            state[dest] = _converted(converter, bounds, {k: hf.lazy(k) for k in m.source_keys}, dest)
+            state[dest] = _converted(
+                converter, bounds, {k: hf.lazy(k) for k in m.source_keys}, dest
+            )
             continue
         assert widths is not None
         layer, w = int(expert.group(1)), expert.group(2)
@@ -244,6 +246,10 @@ def to_hf_items(
             f"the checkpoint has weights with no FlexOlmo counterpart, e.g. {unused[0]}"
         )
     # Embeddings first, then layer by layer (experts of one tensor in a row), then the head.
-    order = {"model.embed_tokens.weight": -2, "model.norm.weight": 1 << 30, "lm_head.weight": 1 << 30}
+    order = {
+        "model.embed_tokens.weight": -2,
+        "model.norm.weight": 1 << 30,
+        "lm_head.weight": 1 << 30,
+    }
     items.sort(key=lambda x: order.get(x[1], x[0]))  # stable: keeps each layer's order
     return [(name, t) for _, name, t in items]

@@ -60,7 +60,6 @@ def summarize(path: Union[str, Path], verify: bool = False) -> str:
     says how."""
     p = Path(path)
     if is_hf_dir(p):
-
         hf = HFDir.open(p)
         hf_config = load_hf_config(hf)
         widths = recorded_widths(hf_config) if hf_config.model_type == "flex_olmo" else None

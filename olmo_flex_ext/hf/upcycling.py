@@ -52,8 +52,11 @@ def open_dense(dense: Union[str, Path]) -> Tuple[TransformerConfig, Dict[str, La
         if hf_config.model_type != "olmo2":
             raise CheckpointError(
                 f"{path} is a {hf_config.model_type!r} model; upcycle needs a dense Olmo2 model"
-                + (" (a FlexOlmo model is already a MoE: use import-hf)"
-                   if hf_config.model_type == "flex_olmo" else "")
+                + (
+                    " (a FlexOlmo model is already a MoE: use import-hf)"
+                    if hf_config.model_type == "flex_olmo"
+                    else ""
+                )
             )
         info["hf"] = hf_token_ids(hf_config)
         return config, state, info
@@ -70,8 +73,10 @@ def moe_config_from_dense(
     expert per width (one width list, or one per layer); ``top_k`` defaults to all experts."""
     blocks = block_configs(dense)
     problems = [
-        b.name for b in blocks
-        if b.name != TransformerBlockType.reordered_norm or not isinstance(b.feed_forward, FeedForwardConfig)
+        b.name
+        for b in blocks
+        if b.name != TransformerBlockType.reordered_norm
+        or not isinstance(b.feed_forward, FeedForwardConfig)
         or b.feed_forward_moe is not None
     ]
     if problems:
@@ -212,7 +217,9 @@ def upcycle(
         made_by="olmo-flex upcycle",
         num_experts=num_experts,
         expert_widths=widths,
-        router_from=str(router_from) if isinstance(router_from, (str, Path)) else (
+        router_from=str(router_from)
+        if isinstance(router_from, (str, Path))
+        else (
             "tensor" if router_from is not None else f"random (std {ROUTER_INIT_STD}, seed {seed})"
         ),
     )

@@ -44,7 +44,9 @@ def _pieces(ranges: RowRanges, start: int, stop: int):
         row += b - a
 
 
-def fuse_rows(blocks: Sequence[torch.Tensor], ranges: Sequence[RowRanges], total: int) -> torch.Tensor:
+def fuse_rows(
+    blocks: Sequence[torch.Tensor], ranges: Sequence[RowRanges], total: int
+) -> torch.Tensor:
     """The fused ``(total, ...)`` tensor whose rows ``ranges[i]`` are ``blocks[i]`` (see module
     docstring: a plain tensor for plain blocks, a ``ShardedTensor`` of views for FSDP2 blocks)."""
     if any(isinstance(b, DTensor) for b in blocks):

@@ -34,7 +34,9 @@ __all__ = ["FlexRouterConfig", "FlexRouter", "active_experts"]
 def active_experts(num_experts: int, opt_out: Optional[Sequence[int]]) -> List[int]:
     """The experts that stay on, ascending; raises naming the problem if ``opt_out`` is unusable."""
     off = list(opt_out or [])
-    bad = [e for e in off if not isinstance(e, int) or isinstance(e, bool) or not 0 <= e < num_experts]
+    bad = [
+        e for e in off if not isinstance(e, int) or isinstance(e, bool) or not 0 <= e < num_experts
+    ]
     if bad:
         raise OLMoConfigurationError(
             f"opt_out={off} names expert {bad[0]!r}, but the experts are numbered 0..{num_experts - 1}"

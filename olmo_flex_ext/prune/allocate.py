@@ -46,7 +46,9 @@ PUBLIC_EXPERT = 0
 """FlexOlmo's public expert: never pruned unless asked."""
 
 
-def keep_indices(scores: ImportanceScores, widths: Sequence[Sequence[int]]) -> List[List[torch.Tensor]]:
+def keep_indices(
+    scores: ImportanceScores, widths: Sequence[Sequence[int]]
+) -> List[List[torch.Tensor]]:
     """Per layer and expert, the neurons to keep for ``widths`` (one list per layer)."""
     return [
         [top_neurons(s, int(w)) for s, w in zip(layer_scores, layer_widths)]
@@ -62,7 +64,10 @@ def kept_fraction(scores: torch.Tensor, width: int) -> float:
 
 
 def check_widths(
-    original: Sequence[Sequence[int]], target: Sequence[Sequence[int]], *, prune_public: bool = False
+    original: Sequence[Sequence[int]],
+    target: Sequence[Sequence[int]],
+    *,
+    prune_public: bool = False,
 ) -> None:
     """Refuse target widths that are not a pruning of ``original`` (UserError naming the layer)."""
     if len(target) != len(original):
@@ -189,9 +194,7 @@ def allocate_widths(
         width[s], left = nxt, left - cost
         if (c := step(s)) is not None:
             heapq.heappush(heap, c)
-    return [
-        [width.get((i, e), w) for e, w in enumerate(layer)] for i, layer in enumerate(original)
-    ]
+    return [[width.get((i, e), w) for e, w in enumerate(layer)] for i, layer in enumerate(original)]
 
 
 def allocate_for_budget(
@@ -217,7 +220,9 @@ def allocate_for_budget(
         budget = budget_neurons_for_width(scores.num_layers, experts, budget_width)
     else:
         if not d_model:
-            raise UserError("a parameter budget needs the model's d_model; use --budget-width instead")
+            raise UserError(
+                "a parameter budget needs the model's d_model; use --budget-width instead"
+            )
         budget = neurons_for_params(int(budget_params), d_model)  # type: ignore[arg-type]
     return allocate_widths(
         scores, budget, experts=experts, multiple=multiple, min_width=min_width, normalize=normalize

@@ -159,7 +159,9 @@ class PruneCallback(Callback):
                 log.exception("Pruning callback: writing %s failed", start)
         error = broadcast_object(error)
         if error is not None:
-            raise RuntimeError(f"writing the pruned start checkpoint {start} failed on rank 0: {error}")
+            raise RuntimeError(
+                f"writing the pruned start checkpoint {start} failed on rank 0: {error}"
+            )
         load_state_dict(student, start)
         barrier()
         self.pruned = True
@@ -300,4 +302,3 @@ class PruneCallback(Callback):
             write_atomic(self.dir / "allocation.json", json.dumps(rows, indent=1))
             for r in rows:
                 log.info("pruned %s", r)
-

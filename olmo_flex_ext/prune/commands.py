@@ -37,8 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="scores file to write (.safetensors)")
     p.add_argument("--method", default="minitron", help="minitron (default) or minitron-weighted")
     add_device(p)
-    add_weight_dtype(p, "--model-dtype", choices=["float32", "bfloat16"], default="float32",
-                     help="model weights while scoring")
+    add_weight_dtype(
+        p,
+        "--model-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="model weights while scoring",
+    )
     p.add_argument("--save-every", type=int, default=64, help="sequences between partial saves")
     add_overwrite(p, "the scores file")
     add_verify(p)
@@ -74,8 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_checkpoint(p)
     p.add_argument("--scores", required=True, help="scores file of this checkpoint (importance)")
-    p.add_argument("--widths", type=int_list,
-                   help="one width per expert for every layer, e.g. 11008,5504")
+    p.add_argument(
+        "--widths", type=int_list, help="one width per expert for every layer, e.g. 11008,5504"
+    )
     p.add_argument("--widths-file", help="JSON widths per layer (from olmo-flex allocate --out)")
     _budget_args(p, required=False)
     p.add_argument("--prune-public", action="store_true", help="allow shrinking expert 0")
@@ -89,8 +95,9 @@ def _budget_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--budget", help="parameters for the pruned experts' MLPs together, e.g. 2.2B")
     g.add_argument("--budget-width", type=int, help="as many parameters as this uniform width")
-    p.add_argument("--experts", type=int_list,
-                   help="experts to prune, e.g. 1 or 1,2 (default: all but 0)")
+    p.add_argument(
+        "--experts", type=int_list, help="experts to prune, e.g. 1 or 1,2 (default: all but 0)"
+    )
     p.add_argument("--multiple", type=int, default=128, help="widths are multiples of this")
     p.add_argument("--min-width", type=int, help="smallest width per layer (default --multiple)")
     p.add_argument("--normalize", choices=["layer", "none"], default="layer")
@@ -125,8 +132,10 @@ def _importance(args) -> int:
         )
         if get_rank() == 0:
             scores.save(out)
-            print(f"wrote {out}: {args.method} scores of {len(scores.scores)} layers, "
-                  f"{args.num_seqs} x {args.seq_len} calibration tokens")
+            print(
+                f"wrote {out}: {args.method} scores of {len(scores.scores)} layers, "
+                f"{args.num_seqs} x {args.seq_len} calibration tokens"
+            )
     return 0
 
 
@@ -167,8 +176,10 @@ def _compare_claimed(args) -> int:
         row = {"layer": i}
         for e in range(n_experts):
             w = a.widths[i][e]
-            row[f"expert{e}"] = None if args.width >= w else 1 - topk_overlap(
-                a.scores[i][e], b.scores[i][e], args.width
+            row[f"expert{e}"] = (
+                None
+                if args.width >= w
+                else 1 - topk_overlap(a.scores[i][e], b.scores[i][e], args.width)
             )
         rows.append(row)
     table = Table(title=f"share of the top-{args.width} neurons that differ")
@@ -180,8 +191,10 @@ def _compare_claimed(args) -> int:
         table.add_row(str(r["layer"]), *[_pct(r[f"expert{e}"]) for e in experts])
     for e in experts:
         vals = [r[f"expert{e}"] for r in rows if r[f"expert{e}"] is not None]
-        console.print(f"expert {e}: {100 * sum(vals) / len(vals):.1f}% of the top-{args.width} differ "
-                      "on average")
+        console.print(
+            f"expert {e}: {100 * sum(vals) / len(vals):.1f}% of the top-{args.width} differ "
+            "on average"
+        )
     console.print(table)
     console.print(f"A: {args.a} ({describe_calibration(a.metadata)})")
     console.print(f"B: {args.b} ({describe_calibration(b.metadata)})")
@@ -279,7 +292,8 @@ def _read_widths_file(path: str) -> List[List[int]]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read widths from {path} ({type(e).__name__}: {e})") from None
     ok = isinstance(widths, list) and all(
-        isinstance(layer, list) and all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in layer)
+        isinstance(layer, list)
+        and all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in layer)
         for layer in widths
     )
     if not ok:
@@ -309,7 +323,9 @@ def _print_widths(console, original, widths, d_model: int) -> None:
 def _prune(args) -> int:
     from ..errors import UserError
 
-    chosen = [x for x in (args.widths, args.widths_file, args.budget, args.budget_width) if x is not None]
+    chosen = [
+        x for x in (args.widths, args.widths_file, args.budget, args.budget_width) if x is not None
+    ]
     if len(chosen) != 1:
         raise UserError("give exactly one of --widths, --widths-file, --budget, --budget-width")
     inputs = checkpoint_input(args.checkpoint, args.verify) + [args.scores]

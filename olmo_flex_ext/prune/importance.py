@@ -86,7 +86,9 @@ class ImportanceAccumulator:
         device: Union[str, torch.device] = "cpu",
     ):
         if method not in METHODS:
-            raise UserError(f"unknown importance method {method!r}; use one of {', '.join(METHODS)}")
+            raise UserError(
+                f"unknown importance method {method!r}; use one of {', '.join(METHODS)}"
+            )
         self.widths = [list(w) for w in widths]
         self.seq_len = seq_len
         self.method = method
@@ -96,13 +98,16 @@ class ImportanceAccumulator:
             for layer in self.widths
         ]
         n_experts = max(len(w) for w in self.widths)
-        self.seqs = torch.zeros(len(self.widths), n_experts, dtype=torch.float64, device=self.device)
+        self.seqs = torch.zeros(
+            len(self.widths), n_experts, dtype=torch.float64, device=self.device
+        )
         self.tokens = torch.zeros_like(self.seqs)
 
     @contextlib.contextmanager
     def attach(self, model: torch.nn.Module) -> Iterator["ImportanceAccumulator"]:
         handles = [
-            mlp.probe.register_forward_hook(self._hook(i)) for i, mlp in enumerate(expert_mlps(model))
+            mlp.probe.register_forward_hook(self._hook(i))
+            for i, mlp in enumerate(expert_mlps(model))
         ]
         try:
             yield self
@@ -145,7 +150,10 @@ class ImportanceAccumulator:
 
     def flat(self) -> torch.Tensor:
         """Everything as one float64 vector (for reductions and saving)."""
-        return torch.cat([s for layer in self.sumsq for s in layer] + [self.seqs.flatten(), self.tokens.flatten()])
+        return torch.cat(
+            [s for layer in self.sumsq for s in layer]
+            + [self.seqs.flatten(), self.tokens.flatten()]
+        )
 
     def load_flat(self, flat: torch.Tensor) -> None:
         flat = flat.to(self.device, torch.float64)
@@ -184,12 +192,16 @@ class _Progress:
             if not (isinstance(flat, torch.Tensor) and bool(torch.isfinite(flat).all())):
                 raise ValueError("its sums are not finite")
         except Exception as e:  # a damaged file: torch and pickle raise many types
-            note(f"ignoring the partial scores {path}, which are damaged ({type(e).__name__}: "
-                 f"{e}); scoring from the start")
+            note(
+                f"ignoring the partial scores {path}, which are damaged ({type(e).__name__}: "
+                f"{e}); scoring from the start"
+            )
             return None
         if state.get("identity") != identity:
-            note(f"ignoring the partial scores {path}: they belong to another scoring run "
-                 "(model, data or settings)")
+            note(
+                f"ignoring the partial scores {path}: they belong to another scoring run "
+                "(model, data or settings)"
+            )
             return None
         return cls(identity, done, flat)
 

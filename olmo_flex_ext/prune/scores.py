@@ -46,7 +46,9 @@ def router_weight_name(layer: int) -> str:
     return f"blocks.{layer}.feed_forward_moe.router.weight"
 
 
-def model_fingerprint(widths: Sequence[Sequence[int]], router: Callable[[int], torch.Tensor]) -> str:
+def model_fingerprint(
+    widths: Sequence[Sequence[int]], router: Callable[[int], torch.Tensor]
+) -> str:
     """sha256 (16 hex digits) of the per-layer expert widths and each layer's router weights."""
     h = hashlib.sha256(json.dumps([list(w) for w in widths]).encode())
     for layer in range(len(widths)):
@@ -134,9 +136,7 @@ class ImportanceScores:
             for key, value in tensors.items():
                 layer, expert = key.removeprefix("layer").split(".expert")
                 layers.setdefault(int(layer), {})[int(expert)] = value.float()
-            scores = [
-                [layers[i][e] for e in range(len(layers[i]))] for i in range(len(layers))
-            ]
+            scores = [[layers[i][e] for e in range(len(layers[i]))] for i in range(len(layers))]
         except (ValueError, KeyError) as e:
             raise ScoresError(
                 f"{path} does not hold one vector per layer and expert (layer{{i}}.expert{{e}}): "
@@ -146,8 +146,12 @@ class ImportanceScores:
             for e, s in enumerate(layer):
                 bad = ~torch.isfinite(s) | (s < 0)
                 if s.dim() != 1 or bad.any():
-                    what = "is not a vector" if s.dim() != 1 else (
-                        f"has a NaN, infinite or negative score at neuron {int(bad.nonzero()[0])}"
+                    what = (
+                        "is not a vector"
+                        if s.dim() != 1
+                        else (
+                            f"has a NaN, infinite or negative score at neuron {int(bad.nonzero()[0])}"
+                        )
                     )
                     raise ScoresError(
                         f"{path}: layer{i}.expert{e} {what}; the file is damaged, make it again "

@@ -72,7 +72,9 @@ def slice_expert_rows(
 ) -> torch.Tensor:
     """Rows of the kept neurons of every expert of a ``(sum widths, d_model)`` expert weight."""
     if weight.shape[0] != sum(widths):
-        raise ValueError(f"expert weight has {weight.shape[0]} rows, widths {list(widths)} need {sum(widths)}")
+        raise ValueError(
+            f"expert weight has {weight.shape[0]} rows, widths {list(widths)} need {sum(widths)}"
+        )
     offset, rows = 0, []
     for width, k in zip(widths, keep):
         rows.append(k.to(torch.long) + offset)
@@ -88,15 +90,21 @@ def prune_state_dict(
     out = {}
     for name, tensor in state.items():
         layer = expert_weight_layer(name)
-        out[name] = tensor if layer is None else slice_expert_rows(tensor, widths[layer], keep[layer])
+        out[name] = (
+            tensor if layer is None else slice_expert_rows(tensor, widths[layer], keep[layer])
+        )
     return out
 
 
-def prune_model(config: TransformerConfig, model: Transformer, keep: Keep) -> Tuple[TransformerConfig, Transformer]:
+def prune_model(
+    config: TransformerConfig, model: Transformer, keep: Keep
+) -> Tuple[TransformerConfig, Transformer]:
     """The config and a new (CPU, eval) model holding ``model``'s weights pruned to ``keep``."""
     widths = expert_widths_per_layer(config)
     new_config = with_expert_widths(config, pruned_widths(keep))
-    state = {k: v.detach().clone() for k, v in prune_state_dict(model.state_dict(), widths, keep).items()}
+    state = {
+        k: v.detach().clone() for k, v in prune_state_dict(model.state_dict(), widths, keep).items()
+    }
     new_model = new_config.build(init_device="meta")
     new_model.load_state_dict(state, assign=True)
     return new_config, new_model.eval()

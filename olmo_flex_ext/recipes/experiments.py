@@ -155,7 +155,9 @@ def tiny_data(name: str = "synthetic", seed: int = 0) -> List[str]:
     ``$OLMO_FLEX_DATA_ROOT`` (default ``runs/data``)``/name``; another ``seed`` is another
     bigram chain, i.e. another "domain"."""
     root = data_root("runs/data")
-    return ensure_synthetic_tokens(f"{root}/{name}", vocab_size=TINY_TOKENIZER.vocab_size, seed=seed)
+    return ensure_synthetic_tokens(
+        f"{root}/{name}", vocab_size=TINY_TOKENIZER.vocab_size, seed=seed
+    )
 
 
 def tiny_experiment(

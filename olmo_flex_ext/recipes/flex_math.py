@@ -112,7 +112,9 @@ def flex_math_budget_7b(budget_width: int, *, scores: Optional[str] = None) -> E
     path = scores or os.environ.get(SCORES_ENV, f"{run}/prune/importance.safetensors")
     if os.path.isfile(path):
         prune.scores = path
-        config.model = with_expert_widths(config.model, prune.allocation(ImportanceScores.load(path)))
+        config.model = with_expert_widths(
+            config.model, prune.allocation(ImportanceScores.load(path))
+        )
     else:
         log.warning(
             "No importance scores at %s yet: the widths shown are a uniform placeholder; the "

@@ -89,7 +89,9 @@ def with_expert_training(config: C, experts: List[int], train_router: bool = Tru
     if train_router:
         optim = config.train_module.optim
         optim.group_overrides = list(optim.group_overrides or []) + [
-            OptimGroupOverride(params=[tolerate_wrappers(ROUTER_PARAMS)], opts={"weight_decay": 0.0})
+            OptimGroupOverride(
+                params=[tolerate_wrappers(ROUTER_PARAMS)], opts={"weight_decay": 0.0}
+            )
         ]
     config.trainer.callbacks["trainable_experts"] = TrainableExpertsCallback(
         experts=list(experts), train_router=train_router

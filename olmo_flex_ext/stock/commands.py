@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "training with --trainer.save_folder=OUT resumes it.",
     )
     add_checkpoint(p, "src", "SRC", help="stock OLMo-core MoE checkpoint")
-    p.add_argument("out", metavar="OUT", help="model-only checkpoint, or run folder for a trainer one")
+    p.add_argument(
+        "out", metavar="OUT", help="model-only checkpoint, or run folder for a trainer one"
+    )
     add_overwrite(p, "OUT")
     add_verify(p)
     p.set_defaults(run=_import)
@@ -44,14 +46,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "trainer checkpoint becomes OUT/stepN/ with its optimizer state converted too.",
     )
     add_checkpoint(p, "src", "SRC")
-    p.add_argument("out", metavar="OUT", help="model-only checkpoint, or run folder for a trainer one")
     p.add_argument(
-        "--layout", choices=LAYOUT_CHOICES, required=True,
+        "out", metavar="OUT", help="model-only checkpoint, or run folder for a trainer one"
+    )
+    p.add_argument(
+        "--layout",
+        choices=LAYOUT_CHOICES,
+        required=True,
         help="MoE type to write: default (OLMo-core's FlexOlmo/OLMoE configs; w1/w3 stored "
         "(experts x d_model, hidden)) or dropless (all (experts x hidden, d_model))",
     )
     p.add_argument(
-        "--pad", action="store_true",
+        "--pad",
+        action="store_true",
         help="zero-pad experts narrower than their layer's widest (otherwise refused)",
     )
     add_overwrite(p, "OUT")

@@ -91,8 +91,7 @@ class ExpertLayout:
             )
         how = f"{padding} while reading" if padding else "read as stored"
         return (
-            f"dropless layout (w1/w2/w3 stored experts x width by d_model, ({E} x {h}, {d})); "
-            f"{how}"
+            f"dropless layout (w1/w2/w3 stored experts x width by d_model, ({E} x {h}, {d})); {how}"
         )
 
 
@@ -242,7 +241,9 @@ def _variable_moe(moe: MoEConfig) -> VariableMoEConfig:
     return VariableMoEConfig(**kept, expert_widths=[moe.hidden_size] * moe.num_experts)
 
 
-def variable_from_stock(config: TransformerConfig, layers: Dict[int, ExpertLayout]) -> TransformerConfig:
+def variable_from_stock(
+    config: TransformerConfig, layers: Dict[int, ExpertLayout]
+) -> TransformerConfig:
     """The variable-width model config of a stock MoE model config (equal widths, or the widths
     ``layers`` restore from a padded export)."""
 
@@ -331,4 +332,3 @@ def recorded_widths(
     if not any(layer.padded for layer in layers.values()):
         return None
     return [list(layers[i].widths) if i in layers else None for i in range(n_layers)]
-

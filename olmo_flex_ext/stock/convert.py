@@ -52,9 +52,9 @@ Reshape = Callable[[str, Tuple[int, ...]], Tuple[int, ...]]
 def _param(fqn: str) -> Optional[str]:
     """The expert weight an entry belongs to (its weight or an optimizer statistic of it)."""
     if fqn.startswith(MODEL):
-        name = fqn[len(MODEL):]
+        name = fqn[len(MODEL) :]
     elif fqn.startswith(OPTIM_STATE):
-        name = fqn[len(OPTIM_STATE):].rpartition(".")[0]
+        name = fqn[len(OPTIM_STATE) :].rpartition(".")[0]
     else:
         return None
     return name if expert_weight(name) is not None else None
@@ -66,7 +66,7 @@ def _convert_dcp(
     """Write the DCP ``src`` to ``out`` with every expert entry converted."""
     meta = read_dcp_metadata(src).state_dict_metadata
     stored = {
-        fqn[len(MODEL):]: tuple(m.size)
+        fqn[len(MODEL) :]: tuple(m.size)
         for fqn, m in meta.items()
         if fqn.startswith(MODEL) and hasattr(m, "size")
     }
@@ -159,8 +159,13 @@ def import_olmo_core(src: PathLike, out: PathLike, *, overwrite: bool = False) -
         "stock_layout": sorted({layer.layout for layer in conversion.layers.values()}),
     }
     return convert_checkpoint(
-        ckpt, out, model=conversion.config.as_config_dict(), info=info,
-        reshape=conversion.read_shape, transform=conversion.read, overwrite=overwrite,
+        ckpt,
+        out,
+        model=conversion.config.as_config_dict(),
+        info=info,
+        reshape=conversion.read_shape,
+        transform=conversion.read,
+        overwrite=overwrite,
         what="importing",
     )
 
@@ -186,12 +191,20 @@ def export_olmo_core(
         info[WIDTHS_KEY] = widths
     reshape, transform = _through(reading, writing)
     return convert_checkpoint(
-        ckpt, out, model=writing.stock.as_config_dict(), info=info, reshape=reshape,
-        transform=transform, overwrite=overwrite, what="exporting",
+        ckpt,
+        out,
+        model=writing.stock.as_config_dict(),
+        info=info,
+        reshape=reshape,
+        transform=transform,
+        overwrite=overwrite,
+        what="exporting",
     )
 
 
-def _through(reading: Optional[StockConversion], writing: StockConversion) -> Tuple[Reshape, Transform]:
+def _through(
+    reading: Optional[StockConversion], writing: StockConversion
+) -> Tuple[Reshape, Transform]:
     """Read (from a stock layout, if the source has one), then write."""
     if reading is None:
         return writing.write_shape, writing.write

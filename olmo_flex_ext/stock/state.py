@@ -57,7 +57,9 @@ def stored_shape(w: str, layer: ExpertLayout) -> Tuple[int, int]:
     return (E * d, h) if _transposed(w, layer) else (E * h, d)
 
 
-def expert_from_stock(w: str, stored: torch.Tensor, layer: ExpertLayout, name: str = "") -> torch.Tensor:
+def expert_from_stock(
+    w: str, stored: torch.Tensor, layer: ExpertLayout, name: str = ""
+) -> torch.Tensor:
     """The variable-width ``(sum of widths, d_model)`` tensor of a stock-stored ``w1/w2/w3`` (or
     of an optimizer statistic of the same shape). Padding beyond an expert's width must be zero."""
     if tuple(stored.shape) != stored_shape(w, layer):
@@ -82,7 +84,9 @@ def expert_from_stock(w: str, stored: torch.Tensor, layer: ExpertLayout, name: s
     return torch.cat([per_expert[e, :width] for e, width in enumerate(layer.widths)])
 
 
-def expert_to_stock(w: str, ragged: torch.Tensor, layer: ExpertLayout, name: str = "") -> torch.Tensor:
+def expert_to_stock(
+    w: str, ragged: torch.Tensor, layer: ExpertLayout, name: str = ""
+) -> torch.Tensor:
     """The stock-stored ``w1/w2/w3`` (or optimizer statistic) of a variable-width tensor;
     narrower experts are zero-padded to the layer's ``hidden_size``."""
     E, d, h = layer.num_experts, layer.d_model, layer.hidden_size
@@ -189,7 +193,9 @@ def reading_conversion(
     return StockConversion(stock=stored, config=variable_from_stock(stored, layers), layers=layers)
 
 
-def writing_conversion(config: TransformerConfig, layout: str, *, pad: bool = False) -> StockConversion:
+def writing_conversion(
+    config: TransformerConfig, layout: str, *, pad: bool = False
+) -> StockConversion:
     """The conversion that writes the variable-width model ``config`` as a stock OLMo-core model
     with MoE type ``layout`` (``pad``: zero-pad experts narrower than their layer's widest)."""
     stock, layers = stock_from_variable(config, layout, pad=pad)

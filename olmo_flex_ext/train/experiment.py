@@ -148,11 +148,13 @@ def config_errors(file: Path, what: str) -> Iterator[None]:
     except Exception as e:
         import traceback
 
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == file.resolve()]
+        frames = [
+            f
+            for f in traceback.extract_tb(e.__traceback__)
+            if Path(f.filename).resolve() == file.resolve()
+        ]
         line = f":{frames[-1].lineno}" if frames else ""
-        raise OLMoConfigurationError(
-            f"{file}{line}: {what} raised {type(e).__name__}: {e}"
-        ) from e
+        raise OLMoConfigurationError(f"{file}{line}: {what} raised {type(e).__name__}: {e}") from e
 
 
 def resolve_model(config: ExperimentConfig, source: str = "the experiment") -> ExperimentConfig:
@@ -354,7 +356,11 @@ def _train(config: ExperimentConfig) -> Trainer:
     if resumed and finished(trainer):
         # Trainer.fit() on a finished multi-rank run can deadlock (its cancel check and first
         # metrics reduction race on one process group), and there is nothing left to do.
-        log.info("The run in %s already finished (step %d)", config.trainer.save_folder, trainer.global_step)
+        log.info(
+            "The run in %s already finished (step %d)",
+            config.trainer.save_folder,
+            trainer.global_step,
+        )
         return trainer
     trainer.fit()
     return trainer
@@ -413,7 +419,9 @@ def check_resumable(save_folder: str) -> None:
 
 def finished(trainer: Trainer) -> bool:
     """Whether the trainer has reached its max duration (or hard stop)."""
-    now = dict(step=trainer.global_step, tokens=trainer.global_train_tokens_seen, epoch=trainer.epoch)
+    now = dict(
+        step=trainer.global_step, tokens=trainer.global_train_tokens_seen, epoch=trainer.epoch
+    )
     return trainer.max_duration.due(**now) or (
         trainer.hard_stop is not None and trainer.hard_stop.due(**now)
     )

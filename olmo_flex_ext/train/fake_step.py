@@ -174,7 +174,9 @@ class _ModulePeaks:
 
 
 def _running_peak(tracker) -> int:
-    return max((s.get("Total", 0) for s in tracker.get_tracker_snapshot("peak").values()), default=0)
+    return max(
+        (s.get("Total", 0) for s in tracker.get_tracker_snapshot("peak").values()), default=0
+    )
 
 
 def _categories(snapshot: Dict[str, int]) -> Dict[str, int]:
@@ -343,7 +345,9 @@ def simulate(
             dtype = getattr(torch, prune.teacher_dtype or "bfloat16")
             result["pruning"] = _score_teacher(model, teacher_model, prune, dtype)
         if online:
-            dtype = DType(tm_config.teacher_dtype).as_pt() if tm_config.teacher_dtype else torch.float32
+            dtype = (
+                DType(tm_config.teacher_dtype).as_pt() if tm_config.teacher_dtype else torch.float32
+            )
             train_module.teacher = _fake_model(teacher_model, dtype)
             train_module.online_teacher, train_module._k = True, tm_config.teacher_top_k
         rank_tokens = config.data_loader.global_batch_size // world_size

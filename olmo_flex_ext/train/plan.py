@@ -348,7 +348,9 @@ def _run_steps(config) -> Optional[int]:
 def _pruning_gpu_hours(config, teacher, flops_per_second: float) -> Optional[float]:
     from ..prune.callback import PruneCallback
 
-    prune = next((c for c in config.trainer.callbacks.values() if isinstance(c, PruneCallback)), None)
+    prune = next(
+        (c for c in config.trainer.callbacks.values() if isinstance(c, PruneCallback)), None
+    )
     if prune is None or teacher is None:
         return None
     per_token = teacher.build(init_device="meta").num_flops_per_token(prune.seq_len) / 3  # forward
@@ -359,7 +361,9 @@ def _notes(config, dtype: str) -> List[str]:
     tm = config.train_module
     notes = []
     if tm.compile_model:
-        notes.append("compile_model: planned as eager execution (compiled blocks usually need less)")
+        notes.append(
+            "compile_model: planned as eager execution (compiled blocks usually need less)"
+        )
     ac = tm.ac_config
     if ac is not None and str(ac.mode) == "budget":
         notes.append("budget activation checkpointing is a compile-time policy: planned as none")

@@ -52,7 +52,9 @@ def claim_run_folder(save_folder: str, command: Optional[str] = None) -> Iterato
         yield
 
 
-def checkpoints_to_open(save_folder: str, load_path: Optional[str], trainer_load_path: Optional[str]) -> List[Path]:
+def checkpoints_to_open(
+    save_folder: str, load_path: Optional[str], trainer_load_path: Optional[str]
+) -> List[Path]:
     """The local checkpoints OLMo-core will open: the run folder's latest (a resume), else the
     initial weights (``load_path``, and the trainer's own ``load_path``)."""
     if not is_url(str(save_folder)) and Checkpointer.contains_checkpoint(save_folder):
@@ -66,7 +68,9 @@ def checkpoints_to_open(save_folder: str, load_path: Optional[str], trainer_load
     return out
 
 
-def check_start_checkpoints(save_folder: str, load_path: Optional[str], trainer_load_path: Optional[str] = None) -> None:
+def check_start_checkpoints(
+    save_folder: str, load_path: Optional[str], trainer_load_path: Optional[str] = None
+) -> None:
     """Check (on rank 0) every checkpoint :func:`checkpoints_to_open` names."""
     from ..safe_io import check_for_olmo_core
 
@@ -83,5 +87,7 @@ def guard_run(config) -> Iterator[None]:
     (the checks are remembered, so calling this again inside costs nothing)."""
     folder = str(config.trainer.save_folder)
     with claim_run_folder(folder):
-        check_start_checkpoints(folder, config.load_path, getattr(config.trainer, "load_path", None))
+        check_start_checkpoints(
+            folder, config.load_path, getattr(config.trainer, "load_path", None)
+        )
         yield

@@ -190,7 +190,9 @@ class TrainableExpertsCallback(Callback):
             )
         frozen = [n for n, p, _ in self._targets if not p.requires_grad]
         for _, layer in expert_mlps(model):
-            frozen += [w for w in ("w1", "w2", "w3") if not getattr(layer.experts.mlp, w).requires_grad]
+            frozen += [
+                w for w in ("w1", "w2", "w3") if not getattr(layer.experts.mlp, w).requires_grad
+            ]
         if frozen:
             raise UserError(
                 f"{frozen[0]} is frozen but holds the trainable experts' rows; remove it from "
