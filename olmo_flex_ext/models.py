@@ -27,7 +27,7 @@ from olmo_core.nn.transformer import TransformerBlockConfig, TransformerConfig
 
 from .errors import UserError
 from .nn.moe import VariableMoEConfig, validate_widths, variable_moe_config
-from .nn.router import active_experts
+from .nn.router import FlexRouterConfig, active_experts
 
 __all__ = [
     "Widths",
@@ -46,6 +46,7 @@ __all__ = [
     "map_moe_configs",
     "with_expert_widths",
     "with_top_k",
+    "with_expert_bias",
     "with_opt_out",
     "without_experts",
     "describe_model",
@@ -183,6 +184,18 @@ def with_top_k(config: TransformerConfig, top_k: int) -> TransformerConfig:
         return moe
 
     return map_moe_configs(config, set_top_k)
+
+
+def with_expert_bias(config: TransformerConfig) -> TransformerConfig:
+    """A copy of ``config`` whose routers have FlexOlmo's never-positive expert bias."""
+
+    def set_bias(moe: VariableMoEConfig) -> VariableMoEConfig:
+        moe.router = dataclasses.replace(
+            FlexRouterConfig.from_router_config(moe.router), expert_bias=True
+        )
+        return moe
+
+    return map_moe_configs(config, set_bias)
 
 
 def with_opt_out(config: TransformerConfig, experts: Optional[Sequence[int]]) -> TransformerConfig:

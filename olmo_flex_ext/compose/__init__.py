@@ -5,6 +5,8 @@ router-only training. Functions the demo and users call:
   :func:`set_opt_out` (in place on a built model);
 - :func:`compute_domain_embeddings` (``olmo-flex domain-embed``), :func:`save_domain_embeddings`
   (vectors from any embedder), :func:`load_domain_embeddings`;
+- :func:`fit_domain_router` (``olmo-flex domain-router``), :func:`save_domain_router`: router rows
+  and expert bias that give a domain expert its domain's log-odds against public data;
 
 Router-only training (FlexOlmo's "RT") is :func:`olmo_flex_ext.recipes.with_router_training`; model
 config transforms (top-k, opt-out: ``with_opt_out``, ``without_experts``) live in
@@ -21,6 +23,12 @@ _EXPORTS = {
     "load_domain_embeddings": "embeddings",
     "mean_router_inputs": "embeddings",
     "save_domain_embeddings": "embeddings",
+    "DomainRouter": "domain_router",
+    "fit_domain_router": "domain_router",
+    "fit_log_odds": "domain_router",
+    "save_domain_router": "domain_router",
+    "for_router_inputs": "embeddings",
+    "read_windows": "embeddings",
     "MergeError": "merge",
     "merge_experts": "merge",
     "set_opt_out": "optout",

@@ -1,4 +1,4 @@
-"""Commands: ``merge``, ``opt-out``, ``domain-embed``."""
+"""Commands: ``merge``, ``opt-out``, ``domain-embed``, ``domain-router``."""
 
 from __future__ import annotations
 
@@ -84,6 +84,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_verify(p)
     p.set_defaults(run=_domain_embed)
 
+    p = sub.add_parser(
+        "domain-router",
+        help="router rows that tell a domain's tokens from public data (for upcycle --router-from)",
+        description="Per layer, fit the log-odds of the domain's token files against public token "
+        "files on CKPT's router inputs (CKPT: the public model, dense or upcycled). Writes router "
+        "rows (public, domain) and FlexOlmo's never-positive expert bias; upcycle --router-from "
+        "starts the domain expert from it.",
+    )
+    add_checkpoint(p)
+    p.add_argument("--data", required=True, metavar="GLOB", help="the domain's token files")
+    p.add_argument("--public-data", required=True, metavar="GLOB", help="public token files")
+    add_token_data(p, data=False, seq_len=2048, num_seqs=64, batch_size=8)
+    p.add_argument(
+        "--tokens-per-seq",
+        type=int,
+        default=64,
+        help="evenly spaced positions of each window that enter the fit",
+    )
+    p.add_argument("--l2", type=float, default=1e-3, help="L2 penalty on the standardised weights")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    add_overwrite(p)
+    add_verify(p)
+    p.set_defaults(run=_domain_router)
+
 
 def _merge(args) -> int:
     from .merge import merge_experts
@@ -152,4 +176,24 @@ def _domain_embed(args) -> int:
         )
         out = save_domain_embeddings(args.out, emb, overwrite=args.overwrite)
     print(f"{len(emb)} domain embeddings ({', '.join(emb.names)}) -> {out}")
+    return 0
+
+
+def _domain_router(args) -> int:
+    from ..errors import UserError
+    from .domain_router import fit_domain_router, save_domain_router
+
+    if args.tokens_per_seq < 1 or args.l2 < 0:
+        raise UserError("--tokens-per-seq must be at least 1 and --l2 at least 0")
+    inputs = checkpoint_input(args.checkpoint, args.verify)
+    inputs += token_inputs(args.data) + token_inputs(args.public_data)
+    with claimed_output(args, args.out, inputs=inputs, kind="file"):
+        router = fit_domain_router(
+            args.checkpoint, args.data, args.public_data, seq_len=args.seq_len,
+            num_seqs=args.num_seqs, tokens_per_seq=args.tokens_per_seq, l2=args.l2,
+            batch_size=args.batch_size, dtype=args.dtype,
+        )  # fmt: skip
+        out = save_domain_router(args.out, router, overwrite=args.overwrite)
+    accuracy = ", ".join(f"{a:.3f}" for a in router.accuracy)
+    print(f"domain router (accuracy per layer {accuracy}) -> {out}")
     return 0

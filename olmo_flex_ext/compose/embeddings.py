@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from olmo_core.nn.transformer import Transformer
@@ -31,6 +31,8 @@ from ..progress import progress_bar
 __all__ = [
     "DomainEmbeddings",
     "mean_router_inputs",
+    "for_router_inputs",
+    "read_windows",
     "compute_domain_embeddings",
     "save_domain_embeddings",
     "load_domain_embeddings",
@@ -65,29 +67,37 @@ class DomainEmbeddings:
                 )
 
 
-def mean_router_inputs(
+def router_input_layers(model: Transformer) -> List[torch.nn.Module]:
+    """Per layer, the module whose input the router reads: the MoE layer, or the MLP of a dense
+    model (an upcycled model's router reads what the dense model's MLP read)."""
+    layers = []
+    for i, block in enumerate(model.blocks.values()):
+        module = getattr(block, "feed_forward_moe", None) or getattr(block, "feed_forward", None)
+        if module is None:
+            raise UserError(f"layer {i} of the model has neither a MoE nor an MLP to route for")
+        layers.append(module)
+    return layers
+
+
+def for_router_inputs(
     model: Transformer,
     batches: Sequence[torch.Tensor],
+    visit: Callable[[int, torch.Tensor], None],
     *,
     progress: bool = True,
-    description: str = "domain embedding",
-) -> torch.Tensor:
-    """Per layer, the mean over all positions of the MoE layer's input (``(n_layers, d_model)``,
-    float32) while ``model`` reads ``batches`` of token ids (each ``(batch, seq_len)``)."""
-    blocks = list(model.blocks.values())
+    description: str = "router inputs",
+) -> int:
+    """Run ``model`` (eval mode, no gradients) on ``batches`` of token ids (each ``(batch,
+    seq_len)``) and call ``visit(layer, x)`` with every layer's router input ``x`` as
+    ``(tokens, d_model)`` float32 on the CPU; returns the number of tokens read."""
     d_model = model.d_model
-    sums = torch.zeros(len(blocks), d_model, dtype=torch.float64)
+    handles = [
+        module.register_forward_pre_hook(
+            lambda _m, args, _i=i: visit(_i, args[0].detach().reshape(-1, d_model).float().cpu())
+        )
+        for i, module in enumerate(router_input_layers(model))
+    ]
     count = 0
-    handles = []
-    for i, block in enumerate(blocks):
-        moe = getattr(block, "feed_forward_moe", None)
-        if moe is None:
-            raise UserError(f"layer {i} of the model has no MoE, so it has no router to embed for")
-
-        def hook(module, args, _i=i):
-            sums[_i] += args[0].detach().reshape(-1, d_model).sum(0, dtype=torch.float64).cpu()
-
-        handles.append(moe.register_forward_pre_hook(hook))
     try:
         was_training = model.training
         model.eval()
@@ -104,9 +114,46 @@ def mean_router_inputs(
     finally:
         for h in handles:
             h.remove()
+    return count
+
+
+def mean_router_inputs(
+    model: Transformer,
+    batches: Sequence[torch.Tensor],
+    *,
+    progress: bool = True,
+    description: str = "domain embedding",
+) -> torch.Tensor:
+    """Per layer, the mean over all positions of the router's input (``(n_layers, d_model)``,
+    float32) while ``model`` reads ``batches`` of token ids (each ``(batch, seq_len)``)."""
+    sums = torch.zeros(len(model.blocks), model.d_model, dtype=torch.float64)
+
+    def add(layer: int, x: torch.Tensor) -> None:
+        sums[layer] += x.sum(0, dtype=torch.float64)
+
+    count = for_router_inputs(model, batches, add, progress=progress, description=description)
     if count == 0:
         raise UserError("no tokens to embed: give at least one sequence")
     return (sums / count).float()
+
+
+def read_windows(
+    data: Union[str, Sequence[str]],
+    vocab_size: int,
+    *,
+    seq_len: int,
+    num_seqs: int,
+    dtype: Optional[str] = None,
+) -> Tuple[Any, torch.Tensor]:
+    """``num_seqs`` windows of ``seq_len`` token ids spread over the token files ``data``
+    (checked against ``vocab_size``): the files and a ``(num_seqs, seq_len)`` int64 tensor."""
+    import numpy as np
+
+    from ..data.tokens import TokenFiles, token_dtype
+
+    files = TokenFiles(data, token_dtype(vocab_size, dtype), vocab_size=vocab_size)
+    rows = np.stack([files.read(w) for w in files.sample_windows(seq_len, num_seqs)])
+    return files, torch.from_numpy(rows.astype(np.int64))
 
 
 def compute_domain_embeddings(
@@ -123,17 +170,13 @@ def compute_domain_embeddings(
     """Mean router inputs of ``checkpoint``'s model for each domain in ``data`` (name -> globs of
     OLMo-core token files), over ``num_seqs`` windows of ``seq_len`` tokens spread over the data.
     With ``normalize`` each layer's vector is scaled to unit L2 norm."""
-    import numpy as np
-
     from ..checkpoint import load_model, read_model_config, resolve_checkpoint
-    from ..data.tokens import TokenFiles, token_dtype
 
     vocab = read_model_config(checkpoint).vocab_size
-    domains = {}  # read the data first: a bad path fails before a big model loads
-    for name, globs in data.items():
-        files = TokenFiles(globs, token_dtype(vocab, dtype), vocab_size=vocab)
-        rows = np.stack([files.read(w) for w in files.sample_windows(seq_len, num_seqs)])
-        domains[name] = (files, torch.from_numpy(rows.astype(np.int64)))
+    domains = {  # read the data first: a bad path fails before a big model loads
+        name: read_windows(globs, vocab, seq_len=seq_len, num_seqs=num_seqs, dtype=dtype)
+        for name, globs in data.items()
+    }
     model = load_model(checkpoint)
     names, vectors, data_info, tokens_info = [], [], [], []
     for name, (files, ids) in domains.items():

@@ -25,7 +25,7 @@ from ..checkpoint import (
     read_model_config,
     save_model,
 )
-from ..models import Widths, per_layer_widths, with_expert_widths
+from ..models import Widths, per_layer_widths, with_expert_bias, with_expert_widths
 from ..nn.moe import variable_moe_config
 from ..progress import progress_bar
 from .config import block_configs, hf_token_ids
@@ -33,7 +33,7 @@ from .convert import hf_lazy_state
 from .files import is_hf_dir, reporting
 from .state import EXPERT_RE, check_state, experts_from_hf
 
-__all__ = ["upcycle", "moe_config_from_dense", "router_rows", "ROUTER_INIT_STD"]
+__all__ = ["upcycle", "moe_config_from_dense", "router_rows", "router_bias", "ROUTER_INIT_STD"]
 
 ROUTER_INIT_STD = 0.02
 """Standard deviation of random router rows (OLMo-core's default init std)."""
@@ -125,6 +125,28 @@ def router_rows(
     return rows.contiguous()
 
 
+def router_bias(router_from: RouterFrom, n_layers: int, num_experts: int) -> Optional[torch.Tensor]:
+    """FlexOlmo's expert bias ``(n_layers, num_experts - 1)`` when ``router_from`` is a router
+    file that holds one (key ``expert_bias``, as ``olmo-flex domain-router`` writes), else
+    ``None``."""
+    if not isinstance(router_from, (str, Path)) or not Path(router_from).is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(router_from), "pt") as f:
+        if "expert_bias" not in f.keys():
+            return None
+        bias = f.get_tensor("expert_bias").float()
+    if tuple(bias.shape) != (n_layers, num_experts - 1):
+        raise CheckpointError(
+            f"expert bias in {router_from} has shape {tuple(bias.shape)}, expected "
+            f"({n_layers}, {num_experts - 1})"
+        )
+    if bias.gt(0).any():
+        raise CheckpointError(f"expert bias in {router_from} is positive; it must be <= 0")
+    return bias.contiguous()
+
+
 def _router_file(path: Path, n_layers: int) -> torch.Tensor:
     if path.is_file():
         from safetensors import SafetensorError
@@ -212,6 +234,13 @@ def upcycle(
     moe_config = moe_config_from_dense(config, widths, top_k)
     router = router_rows(router_from, config.n_layers, num_experts, config.d_model, seed)
     new_state = upcycled_state(state, widths, router)
+    bias = router_bias(router_from, config.n_layers, num_experts)
+    if bias is not None:
+        moe_config = with_expert_bias(moe_config)
+        for i, b in enumerate(bias):
+            new_state[f"blocks.{i}.feed_forward_moe.router.expert_bias"] = LazyTensor(
+                tuple(b.shape), new_state["embeddings.weight"].dtype, lambda b=b: b
+            )
     check_state(new_state, moe_config, "the upcycled model")
     info.update(
         made_by="olmo-flex upcycle",
