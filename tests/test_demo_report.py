@@ -120,3 +120,40 @@ def test_model_row_fields():
     mlp = sum(p.numel() for n, p in model.named_parameters() if "experts.mlp" in n)
     assert fields["total_params"] == sum(p.numel() for p in model.parameters())
     assert fields["expert_params"] == mlp - 3 * 32 * 64 * 2
+
+
+def _composition_row(name, math_loss, code_loss, general_loss, acc=0.5):
+    return dict(name=name, math_loss=math_loss, code_loss=code_loss, general_loss=general_loss,
+                math_accuracy=acc)  # fmt: skip
+
+
+def test_composition_targets_ratios_and_names():
+    from olmo_flex_ext.demo.report import targets_markdown
+    from olmo_flex_ext.demo.targets import composition_targets
+
+    rows = [
+        _composition_row("public", 2.0, 2.0, 1.0, 0.1),
+        _composition_row("math expert (distilled 96)", 1.0, 3.0, 1.1, 0.5),
+        _composition_row("code expert", 2.1, 1.0, 1.1, 0.1),
+        _composition_row("merged (math 96)", 1.1, 1.2, 1.1, 0.44),
+        _composition_row("merged (math 96) + router tuning", 1.0, 1.0, 1.2, 0.5),
+        _composition_row("tuned (math 96), math opted out", 2.4, 1.0, 1.0),
+        _composition_row("tuned (math 96), code opted out", 1.0, 2.2, 1.0),
+    ]
+    targets = composition_targets(rows, ["", "96"])  # the full group's rows are absent
+    assert len(targets) == 12
+    by_key = {(t.row, t.metric): t for t in targets}
+    merged_code = by_key[("merged (math 96)", "code_loss")]
+    assert merged_code.ratio == pytest.approx(1.2) and not merged_code.holds
+    assert by_key[("merged (math 96)", "math_loss")].holds  # 1.1 <= 1.15
+    tuned_general = by_key[("merged (math 96) + router tuning", "general_loss")]
+    assert tuned_general.ratio == pytest.approx(1.2) and not tuned_general.holds
+    math_back = by_key[("tuned (math 96), math opted out", "math_loss")]
+    assert math_back.reference == "public" and math_back.ratio == pytest.approx(1.2)
+    assert not math_back.holds
+    assert by_key[("tuned (math 96), code opted out", "code_loss")].holds  # 1.1 <= 1.15
+    accuracy = by_key[("merged (math 96)", "math_accuracy")]
+    assert accuracy.ratio == pytest.approx(0.88) and not accuracy.holds
+    md = targets_markdown(targets)
+    assert md.startswith(f"{sum(t.holds for t in targets)} of 12 composition targets hold")
+    assert "- [ ] merged (math 96): code loss 1.200x code expert's (target <= 1.15x)" in md

@@ -19,6 +19,7 @@ from olmo_flex_ext.models import (
     expert_widths_per_layer,
     flex_olmo_2x7b,
     get_model_config,
+    moe_configs,
     tiny_flex,
     with_expert_widths,
 )
@@ -259,3 +260,20 @@ def test_batch_that_ranks_cannot_split_is_refused_before_building(monkeypatch, c
     assert "multiple of 24,576" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "8")
     assert launch.main([str(ROOT / "train_configs" / "flex_math_5504.py"), "--dry-run"]) == 0
+
+
+def test_code_expert_config_trains_only_the_new_expert_from_the_upcycled_model(capsys):
+    from olmo_flex_ext.recipes import flex_expert_7b
+    from olmo_flex_ext.train.trainable import ROUTER_PARAMS
+
+    assert launch.main([str(ROOT / "train_configs" / "flex_code_expert.py"), "--dry-run"]) == 0
+    assert "[11008, 11008]" in capsys.readouterr().out
+    config = flex_expert_7b("code")
+    assert config.load_path.endswith("checkpoints/upcycled-code")
+    assert all(m.router.expert_bias for m in moe_configs(config.model))
+    assert ROUTER_PARAMS in config.freeze_params  # the domain router stays fixed
+    callback = config.trainer.callbacks["trainable_experts"]
+    assert callback.experts == [1] and not callback.train_router
+    trained = flex_expert_7b("code", train_router=True)  # FlexOlmo's variant
+    assert ROUTER_PARAMS not in trained.freeze_params
+    assert trained.trainer.callbacks["trainable_experts"].train_router

@@ -1,18 +1,19 @@
 """The demo's composition step: a second domain expert (code), trained apart from the math expert
 from the same public model, merged with it into one public + math + code MoE
-(:func:`olmo_flex_ext.compose.merge_experts`, router rows from the domain embeddings), its routers
+(:func:`olmo_flex_ext.compose.merge_experts`; each expert keeps its domain router), its routers
 tuned on a small mix of the domains' data (router-only training, FlexOlmo's router tuning), and
-evaluated on both domains with every expert on and with each domain expert switched off
-(:func:`olmo_flex_ext.compose.set_opt_out`).
+evaluated on every domain with every expert on and with each domain expert switched off
+(:func:`olmo_flex_ext.compose.set_opt_out`). The same is done with the math expert pruned to half
+width and distilled, next to the full code expert: the composition the pruning is for.
 
 Composition rows (``DIR/composition.json``): ``name``, ``experts`` (the experts that are on),
 ``expert_widths``, ``total_params``, ``math_accuracy``, ``math_loss``, ``code_loss``,
-``general_loss``.
+``general_loss``; the targets of :mod:`.targets` are checked on them.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
@@ -22,7 +23,15 @@ from .runner import Job
 if TYPE_CHECKING:
     from .pipeline import Demo
 
-__all__ = ["merge_job", "router_job", "run_composition", "COMPOSITION_FIELDS"]
+__all__ = [
+    "Group",
+    "row_name",
+    "expert_row_name",
+    "merge_job",
+    "router_job",
+    "composition_jobs",
+    "COMPOSITION_FIELDS",
+]
 
 COMPOSITION_FIELDS = (
     "name", "experts", "expert_widths", "total_params", "math_accuracy", "math_loss",
@@ -30,31 +39,70 @@ COMPOSITION_FIELDS = (
 )  # fmt: skip
 
 
-def merge(demo: Demo, full: str, code: str, embeddings: str) -> Dict[str, Any]:
+@dataclass
+class Group:
+    """One composition: a math expert merged with the code expert, tuned, and opted out.
+
+    ``tag`` names its stages and folders (``""`` for the full math expert); ``expert`` is the
+    results row of its math expert and ``stage`` the stage that made it."""
+
+    tag: str
+    math: str
+    expert: str
+    stage: str
+
+    def name(self, row: str) -> str:
+        return row_name(self.tag, row)
+
+    def stage_name(self, stage: str) -> str:
+        return stage + (f"-{self.tag}" if self.tag else "")
+
+    @property
+    def expert_row(self) -> str:
+        return expert_row_name(self.tag)
+
+
+def row_name(tag: str, row: str) -> str:
+    """A row name of the group ``tag`` (``""``: the full math expert): ``merged``, ``merged +
+    router tuning``, ``tuned, math opted out``... with ``(math TAG)`` after the first word."""
+    if not tag:
+        return row
+    first, comma, rest = row.partition(",")
+    head, space, tail = first.partition(" ")
+    return f"{head} (math {tag})" + space + tail + comma + rest
+
+
+def expert_row_name(tag: str) -> str:
+    """The composition row of the group's math expert on its own."""
+    return "math expert" + (f" (distilled {tag})" if tag else "")
+
+
+def merge(demo: Demo, group: Group, code: str) -> Dict[str, Any]:
     from ..compose import merge_experts
 
     out = merge_experts(
-        [full, code], demo.path("models", "merged"), top_k=demo.config.merge_top_k,
-        router_from=embeddings, overwrite=True, progress=False,
+        [group.math, code], demo.path("models", group.stage_name("merged")),
+        top_k=demo.config.merge_top_k, overwrite=True, progress=False,
     )  # fmt: skip
     return {"checkpoint": str(out)}
 
 
-def merge_job(demo: Demo, full: str, code: str, embeddings: str) -> Job:
-    """Merge the math and code experts (public expert first; router rows: domain embeddings)."""
+def merge_job(demo: Demo, group: Group, code: str) -> Job:
+    """Merge the group's math expert and the code expert (public expert first; each expert's
+    router row and expert bias as it was trained)."""
     r = demo.runner
     return Job(
-        "merge",
-        {"top_k": demo.config.merge_top_k, "after": r.upstream("math-expert", "code-expert")},
-        partial(merge, demo, full, code, embeddings),
+        group.stage_name("merge"),
+        {"top_k": demo.config.merge_top_k, "after": r.upstream(group.stage, "code-expert")},
+        partial(merge, demo, group, code),
     )
 
 
-def tune_router(demo: Demo, merged: str) -> Dict[str, Any]:
+def tune_router(demo: Demo, group: Group, merged: str) -> Dict[str, Any]:
     from ..checkpoint import resolve_checkpoint
     from .runs import router_tuning_experiment, run_experiment
 
-    folder = demo.path("runs", "router-tuning")
+    folder = demo.path("runs", group.stage_name("router-tuning"))
     experiment = router_tuning_experiment(
         demo.config, demo.data, folder, merged=merged, domains=list(DOMAINS)
     )
@@ -62,14 +110,14 @@ def tune_router(demo: Demo, merged: str) -> Dict[str, Any]:
     return {"checkpoint": str(resolve_checkpoint(folder))}
 
 
-def router_job(demo: Demo, merged: str) -> Job:
+def router_job(demo: Demo, group: Group, merged: str) -> Job:
     """Router-only training of the merged model on general, math and code data."""
-    r = demo.runner
+    r, name = demo.runner, group.stage_name("router-tuning")
     return Job(
-        "router-tuning",
-        {"run": asdict(demo.config.router), "after": r.upstream("merge")},
-        partial(tune_router, demo, merged),
-        [demo.path("runs", "router-tuning")],
+        name,
+        {"run": asdict(demo.config.router), "after": r.upstream(group.stage_name("merge"))},
+        partial(tune_router, demo, group, merged),
+        [demo.path("runs", name)],
     )
 
 
@@ -101,38 +149,44 @@ def evaluate(
     )  # fmt: skip
 
 
-def run_composition(
+def composition_jobs(
     demo: Demo,
     rows: List[Dict[str, Any]],
+    group: Group,
     *,
-    public: str,
-    full: str,
-    code: str,
     merged: str,
     tuned: str,
-) -> List[Dict[str, Any]]:
-    """Evaluate the composition rows (side by side when the demo has workers)."""
+    public: Optional[str] = None,
+    code: Optional[str] = None,
+) -> List[Job]:
+    """Evaluation jobs of a group's rows: its math expert, the merged and tuned models and the
+    opt-outs (and, given ``public`` and ``code``, the public model and the code expert)."""
     r = demo.runner
     by_name = {row["name"]: row for row in rows}
     # (row, experts on, checkpoint, experts switched off, stage it comes after, results row whose
     # math and general numbers it shares)
-    plan = [
-        ("public", ["public"], public, [], "public", "public"),
-        ("math expert", ["public", "math"], full, [], "math-expert", "full"),
-        ("code expert", ["public", "code"], code, [], "code-expert", None),
-        ("merged", ["public", "math", "code"], merged, [], "merge", None),
-        ("merged + router tuning", ["public", "math", "code"], tuned, [], "router-tuning", None),
-        ("tuned, math opted out", ["public", "code"], tuned, [1], "router-tuning", None),
-        ("tuned, code opted out", ["public", "math"], tuned, [2], "router-tuning", None),
-    ]
+    tuning = group.stage_name("router-tuning")
+    plan = [(group.expert_row, ["public", "math"], group.math, [], group.stage, group.expert)]
+    if public is not None and code is not None:
+        plan.insert(0, ("public", ["public"], public, [], "public", "public"))
+        plan.append(("code expert", ["public", "code"], code, [], "code-expert", None))
+    plan += [
+        (group.name("merged"), ["public", "math", "code"], merged, [], group.stage_name("merge"),
+         None),
+        (group.name("merged + router tuning"), ["public", "math", "code"], tuned, [], tuning, None),
+        (group.name("tuned, math opted out"), ["public", "code"], tuned, [1], tuning, None),
+        (group.name("tuned, code opted out"), ["public", "math"], tuned, [2], tuning, None),
+    ]  # fmt: skip
     jobs = []
     for name, experts, checkpoint, off, after, shared_name in plan:
         shared = by_name[shared_name] if shared_name else None
         made_from = {"eval": demo.eval_settings(), "opt_out": off, "after": r.upstream(after)}
         if shared is not None:
             made_from["shared"] = shared
-        stage = "compose-" + "-".join(name.replace(",", "").replace("+", "").split())
+        stage = "compose-" + "-".join(
+            name.replace(",", "").replace("+", "").replace("(", "").replace(")", "").split()
+        )
         jobs.append(
             Job(stage, made_from, partial(evaluate, demo, name, experts, checkpoint, off, shared))
         )
-    return r.run_all(jobs)
+    return jobs

@@ -46,7 +46,11 @@ class DemoConfig:
     public: RunSettings = field(default_factory=lambda: RunSettings(400, 3e-3))
     """The public model, on general text."""
     expert: RunSettings = field(default_factory=lambda: RunSettings(400, 5e-3))
-    """The math expert (only its MLP rows train; router rows fixed from domain embeddings)."""
+    """The math expert (only its MLP rows train; its router row and expert bias stay the domain
+    router fitted on the public model, see ``train_expert_router``)."""
+    train_expert_router: bool = False
+    """Also train each domain expert's router row and expert bias (FlexOlmo's expert training),
+    instead of keeping the domain router fixed."""
     width_fractions: List[float] = field(default_factory=lambda: [0.75, 0.5, 0.1875])
     """Pruned math-expert widths as fractions of the full width (the seed's 8192, 5504 and 2048 of
     11008 are 74%, 50% and 19%), rounded to ``width_multiple``."""
@@ -64,13 +68,16 @@ class DemoConfig:
     """Each pruned expert's distillation run."""
     code: RunSettings = field(default_factory=lambda: RunSettings(150, 5e-3))
     """The second domain expert (code), for composition."""
+    composed_fraction: float = 0.5
+    """The distilled math expert of this width fraction (one of ``width_fractions``) is also
+    merged with the code expert."""
     merge_top_k: int = 2
     """Experts per token in the merged public + math + code model."""
     router: RunSettings = field(default_factory=lambda: RunSettings(100, 3e-2, warmup_steps=10))
     """Router-only training of the merged model on a mix of general, math and code data
     (FlexOlmo's router tuning; every other weight frozen)."""
-    embedding_seqs: int = 64
-    """Sequences per domain for the domain embeddings that initialise router rows."""
+    router_seqs: int = 64
+    """Sequences of the domain's and of general data that each domain router is fitted on."""
     eval_problems: Optional[int] = None
     """Held-out problems evaluated (None: all)."""
     eval_windows: int = 64
@@ -89,6 +96,14 @@ class DemoConfig:
         """The uniform pruned widths, widest first."""
         m = self.width_multiple
         return [max(m, round(self.public_width * f / m) * m) for f in self.width_fractions]
+
+    def composed_width(self) -> int:
+        """The width of the distilled math expert that is also merged."""
+        return self.widths()[self.width_fractions.index(self.composed_fraction)]
+
+    def composition_tags(self) -> List[str]:
+        """The composition groups: the full math expert (``""``) and the distilled one."""
+        return ["", str(self.composed_width())]
 
     def budget_width(self) -> int:
         m = self.width_multiple
@@ -122,7 +137,7 @@ def _quick(wandb: bool) -> DemoConfig:
         distill=RunSettings(100, 3e-3, save_interval=50),
         code=RunSettings(100, 5e-3, save_interval=50),
         router=RunSettings(40, 3e-2, warmup_steps=5, save_interval=20),
-        embedding_seqs=16, eval_windows=16, claim_accuracy=False, wandb=wandb,
+        router_seqs=16, eval_windows=16, claim_accuracy=False, wandb=wandb,
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from .display import StageDisplay
 from .pipeline import Demo
 from .report import print_tables
 from .runner import worker_pool
+from .targets import composition_targets
 
 __all__ = ["run_demo"]
 
@@ -62,7 +63,8 @@ def run_demo(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    print_tables(rows, composition, display.console)
+    targets = composition_targets(composition, config.composition_tags())
+    print_tables(rows, composition, display.console, targets)
     display.print(
         f"wall time of this invocation {time.perf_counter() - start:.0f} s; results in "
         f"{root / 'results.json'}, report in {root / 'report.md'}"

@@ -1,6 +1,6 @@
 """The demo's stages, in order (each one ``StageRunner.run`` call, each a call into the library):
 
-``data`` -> ``public`` (train) -> ``upcycle`` (domain embeddings, 2-expert models) ->
+``data`` -> ``public`` (train) -> ``upcycle`` (domain routers, 2-expert models) ->
 ``math-expert`` (train) -> ``importance`` (math and general calibration) -> ``topk-store`` ->
 ``distill-<variant>`` (prune + KD train, per width) -> ``eval-<row>`` -> composition
 (``code-expert``, ``merge``, ``compose-<row>``) -> ``report``.
@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -108,45 +107,29 @@ class Demo:
         return {"checkpoint": str(resolve_checkpoint(experiment.trainer.save_folder))}
 
     def stage_upcycle(self, public: str) -> Dict[str, Any]:
-        """Domain embeddings (mean router inputs per layer) of the general, math and code
-        corpora, then one 2-expert model per domain expert, upcycled from the public model with
-        router rows [general, domain]."""
-        import torch
-
-        from ..compose import compute_domain_embeddings, save_domain_embeddings
+        """Per domain expert, a domain router fitted on the public model (the log-odds of the
+        domain's training data against the general corpus, from the router inputs), then the
+        2-expert model upcycled from the public model with that router: each data owner uses
+        only the public model, public data and its own data."""
+        from ..compose import fit_domain_router, save_domain_router
         from ..hf.upcycling import upcycle
 
         c, models = self.config, self.path("models")
-        # An upcycled model computes the public model's function whatever its router rows (all
-        # experts are the same MLP, top_k = all), so its router inputs are the public model's.
-        probe = upcycle(public, models / "upcycled-probe", num_experts=2, overwrite=True)
-        emb = compute_domain_embeddings(
-            probe,
-            {d: self.data.token_glob(f"{d}-train") for d in DOMAINS},
-            seq_len=c.seq_len,
-            num_seqs=c.embedding_seqs,
-            progress=False,
-        )
-        shutil.rmtree(probe)
-        out: Dict[str, Any] = {
-            "embeddings": str(
-                save_domain_embeddings(
-                    models / "domain-embeddings.safetensors", emb, overwrite=True
-                )
+        out: Dict[str, Any] = {}
+        for domain in DOMAINS[1:]:
+            router = fit_domain_router(
+                public, self.data.token_glob(f"{domain}-train"),
+                self.data.token_glob("general-train"), seq_len=c.seq_len,
+                num_seqs=c.router_seqs, progress=False,
+            )  # fmt: skip
+            rows = save_domain_router(
+                models / f"router-{domain}.safetensors", router, overwrite=True
             )
-        }
-        for k, domain in enumerate(DOMAINS[1:], start=1):
-            rows = torch.stack(
-                [torch.stack([emb.row(0, i), emb.row(k, i)]) for i in range(c.n_layers)]
-            )
-            path = upcycle(
-                public,
-                models / f"upcycled-{domain}",
-                num_experts=2,
-                router_from=rows,
-                overwrite=True,
-            )
-            out[domain] = str(path)
+            out[f"router_accuracy_{domain}"] = router.accuracy
+            out[domain] = str(
+                upcycle(public, models / f"upcycled-{domain}", num_experts=2,
+                        router_from=rows, overwrite=True)
+            )  # fmt: skip
         return out
 
     def stage_expert(self, name: str, upcycled: str, split: str, run) -> Dict[str, Any]:
@@ -235,7 +218,7 @@ class Demo:
     def run(self) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
         """Run (or continue) every stage; returns the results rows and the composition rows.
         Stages in one ``run_all`` call are independent and may run side by side."""
-        from .composition import merge_job, router_job, run_composition
+        from .composition import Group, composition_jobs, merge_job, router_job
 
         c, r = self.config, self.runner
         cfg = asdict(c)
@@ -259,7 +242,7 @@ class Demo:
         )["checkpoint"]  # fmt: skip
         eval_public, upcycled = r.run_all([
             self.eval_job("public", "public", public, "public"),
-            Job("upcycle", {"embedding_seqs": c.embedding_seqs, "after": r.upstream("public")},
+            Job("upcycle", {"router_seqs": c.router_seqs, "after": r.upstream("public")},
                 partial(self.stage_upcycle, public)),
         ])  # fmt: skip
         experts = [("math-expert", "math", c.expert), ("code-expert", "code", c.code)]
@@ -282,6 +265,7 @@ class Demo:
         ])  # fmt: skip
         variants = self.variants(importance["math"])
         after = r.upstream("importance", "topk-store")
+        groups = [Group("", full, "full", "math-expert")]
         *outputs, merged = r.run_all([
             Job(f"distill-{v.name}",
                 {"widths": v.widths, "budget_width": v.budget_width, "run": cfg["distill"],
@@ -289,18 +273,31 @@ class Demo:
                 partial(self.stage_distill, v, full, importance["math"], store["store"]),
                 [self.path("runs", f"distill-{v.name}")])
             for v in variants
-        ] + [merge_job(self, full, code, upcycled["embeddings"])])  # fmt: skip
+        ] + [merge_job(self, groups[0], code)])  # fmt: skip
         distilled = {v.name: out for v, out in zip(variants, outputs)}
+        half = str(c.composed_width())
+        groups.append(
+            Group(half, distilled[half]["checkpoint"], f"distilled-{half}", f"distill-{half}")
+        )
         evals = [
             self.eval_job(f"{kind}-{v.name}", rkind, distilled[v.name][key], f"distill-{v.name}")
             for v in variants
             for kind, rkind, key in (("pruned", "pruned", "pruned"), ("distilled", "pruned+kd", "checkpoint"))
         ]  # fmt: skip
-        *rows, tuned = r.run_all(evals + [router_job(self, merged["checkpoint"])])
+        *rows, tuned, merged_half = r.run_all(
+            evals + [router_job(self, groups[0], merged["checkpoint"]), merge_job(self, groups[1], code)]
+        )  # fmt: skip
         rows = [eval_public, eval_full] + rows
-        composition = run_composition(
-            self, rows, public=public, full=full, code=code, merged=merged["checkpoint"],
-            tuned=tuned["checkpoint"],
+        first = composition_jobs(
+            self, rows, groups[0], merged=merged["checkpoint"], tuned=tuned["checkpoint"],
+            public=public, code=code,
+        )  # fmt: skip
+        *composition, tuned_half = r.run_all(
+            first + [router_job(self, groups[1], merged_half["checkpoint"])]
+        )
+        composition += r.run_all(
+            composition_jobs(self, rows, groups[1], merged=merged_half["checkpoint"],
+                             tuned=tuned_half["checkpoint"])
         )  # fmt: skip
         self.report(rows, composition, importance, distilled)
         return rows, composition

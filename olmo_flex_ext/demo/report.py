@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 from ..atomic import write_atomic
 from .plots import plot_curves, plot_overlap, plot_widths
 from .results import ResultRow, Widths, check_claims, validate_results
+from .targets import Target, composition_targets
 
 if TYPE_CHECKING:
     from .pipeline import Demo
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "markdown_table",
     "composition_markdown",
+    "targets_markdown",
     "print_tables",
     "write_report",
     "demo_report",
@@ -72,10 +74,21 @@ def composition_markdown(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def targets_markdown(targets: Sequence[Target]) -> str:
+    """The composition targets as a checklist, with how many hold."""
+    held = sum(t.holds for t in targets)
+    lines = [f"{held} of {len(targets)} composition targets hold:", ""]
+    return "\n".join(lines + [f"- [{'x' if t.holds else ' '}] {t.text}" for t in targets])
+
+
 def print_tables(
-    rows: List[Dict[str, Any]], composition: List[Dict[str, Any]], console: Optional[Any] = None
+    rows: List[Dict[str, Any]],
+    composition: List[Dict[str, Any]],
+    console: Optional[Any] = None,
+    targets: Sequence[Target] = (),
 ) -> None:
-    """Both tables on the terminal (``console``: a rich console, default stdout)."""
+    """Both tables and the composition targets on the terminal (``console``: a rich console,
+    default stdout)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -101,6 +114,11 @@ def print_tables(
             f"{r['math_loss']:.3f}", f"{r['code_loss']:.3f}", f"{r['general_loss']:.3f}",
         )  # fmt: skip
     console.print(table)
+    if targets:
+        held = sum(t.holds for t in targets)
+        console.print(f"composition targets: {held} of {len(targets)} hold")
+        for t in targets:
+            console.print(f"  {'pass' if t.holds else 'FAIL'}  {t.text}", highlight=False)
 
 
 def write_report(
@@ -198,12 +216,18 @@ def demo_report(
                 "Composition: public + math + code experts, and opt-out",
                 composition_markdown(composition)
                 + "\n\nThe code expert was trained apart from the math expert, from the same "
-                "public model; `merged` holds both (router rows from domain embeddings, "
-                f"top-{c.merge_top_k}); `merged + router tuning` trained only its routers for "
-                f"{c.router.steps} steps on a mix of general, math and code data; each opted-out "
-                "row switches one domain expert of the tuned model off at inference "
-                "(`olmo_flex_ext.compose.set_opt_out`). Rows also in `composition.json`.",
-            )
+                "public model; `merged` holds both (each expert's domain router: its log-odds "
+                f"against public data; top-{c.merge_top_k}); `merged + router tuning` trained "
+                f"only its routers for {c.router.steps} steps on a mix of general, math and code "
+                "data; each opted-out row switches one domain expert of the tuned model off at "
+                "inference (`olmo_flex_ext.compose.set_opt_out`). Rows marked `(math "
+                f"{c.composed_width()})` do the same with the math expert distilled at that "
+                "width. Rows also in `composition.json`.",
+            ),
+            (
+                "Composition targets",
+                targets_markdown(composition_targets(composition, c.composition_tags())),
+            ),
         ],
         notes=[
             f"stage times, wall (CPU): {timings}",

@@ -109,15 +109,17 @@ def expert_experiment(
     name: str,
 ) -> ExperimentConfig:
     """A domain expert: the upcycled 2-expert model trained on ``split`` with everything but
-    expert 1's MLP rows frozen. The router rows (from domain embeddings) stay fixed, so the
-    expert cannot make the router prefer it on every input."""
+    expert 1's MLP rows frozen. Its router row and expert bias (the domain router) stay fixed,
+    unless ``config.train_expert_router``: trained only on its own domain, the row would learn to
+    prefer the expert on every input."""
     from ..recipes import with_expert_training
     from ..train.experiment import resolve_model
 
     experiment = _experiment(
         config, data, save_folder, split=split, run=run, name=name, load_path=upcycled
     )
-    return resolve_model(with_expert_training(experiment, [1], train_router=False), name)
+    experiment = with_expert_training(experiment, [1], train_router=config.train_expert_router)
+    return resolve_model(experiment, name)
 
 
 def distill_experiment(

@@ -5,6 +5,7 @@ CLI and the demo use them; the library below never imports them.
   :func:`tiny_experiment` and :func:`tiny_data` for the CPU configs;
 - :mod:`.transforms`: experiment transforms that return changed copies
   (:func:`with_distillation`, :func:`with_expert_training`, :func:`with_router_training`);
+- :mod:`.flex_expert`: a new 7B domain expert trained apart (:func:`flex_expert_7b`);
 - :mod:`.flex_math`: the 7B recipes (:func:`flex_math_7b`, :func:`flex_math_budget_7b`,
   :func:`flex_math_prune_callback`, :func:`router_experiment`).
 """
@@ -20,6 +21,7 @@ from .experiments import (
     tiny_data,
     tiny_experiment,
 )
+from .flex_expert import flex_expert_7b
 from .flex_math import (
     FLEX_7B_AC,
     flex_math_7b,
@@ -37,6 +39,7 @@ __all__ = [
     "TINY_TOKENIZER",
     "data_root",
     "flex_experiment",
+    "flex_expert_7b",
     "flex_math_7b",
     "flex_math_budget_7b",
     "flex_math_prune_callback",
