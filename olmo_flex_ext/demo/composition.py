@@ -22,7 +22,7 @@ from .runner import Job
 if TYPE_CHECKING:
     from .pipeline import Demo
 
-__all__ = ["merge_job", "router_job", "run_composition", "COMPOSITION_FIELDS"]
+__all__ = ["merge_job", "router_job", "composition_jobs", "COMPOSITION_FIELDS"]
 
 COMPOSITION_FIELDS = (
     "name", "experts", "expert_widths", "total_params", "math_accuracy", "math_loss",
@@ -101,7 +101,7 @@ def evaluate(
     )  # fmt: skip
 
 
-def run_composition(
+def composition_jobs(
     demo: Demo,
     rows: List[Dict[str, Any]],
     *,
@@ -110,8 +110,8 @@ def run_composition(
     code: str,
     merged: str,
     tuned: str,
-) -> List[Dict[str, Any]]:
-    """Evaluate the composition rows (side by side when the demo has workers)."""
+) -> List[Job]:
+    """The stages that evaluate the composition rows, one per row (independent)."""
     r = demo.runner
     by_name = {row["name"]: row for row in rows}
     # (row, experts on, checkpoint, experts switched off, stage it comes after, results row whose
@@ -135,4 +135,4 @@ def run_composition(
         jobs.append(
             Job(stage, made_from, partial(evaluate, demo, name, experts, checkpoint, off, shared))
         )
-    return r.run_all(jobs)
+    return jobs

@@ -3,7 +3,7 @@
 ``data`` -> ``public`` (train) -> ``upcycle`` (domain embeddings, 2-expert models) ->
 ``math-expert`` (train) -> ``importance`` (math and general calibration) -> ``topk-store`` ->
 ``distill-<variant>`` (prune + KD train, per width) -> ``eval-<row>`` -> composition
-(``code-expert``, ``merge``, ``compose-<row>``) -> ``report``.
+(``code-expert``, ``merge``, ``router-tuning``, ``compose-<row>``, ``routing``) -> ``report``.
 """
 
 from __future__ import annotations
@@ -83,6 +83,10 @@ class Demo:
                 values = [m[key] for _, m in sorted(logged.items()) if key in m]
                 if values:
                     return f"final {label} {values[-1]:.3f}"
+        if name == "routing":
+            from .routing import routing_summary
+
+            return routing_summary(outputs)
         if name == "data":
             return f"{sum(v['tokens'] for v in outputs.values()):,} tokens"
         return ""
@@ -235,7 +239,8 @@ class Demo:
     def run(self) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
         """Run (or continue) every stage; returns the results rows and the composition rows.
         Stages in one ``run_all`` call are independent and may run side by side."""
-        from .composition import merge_job, router_job, run_composition
+        from .composition import composition_jobs, merge_job, router_job
+        from .routing import routing_job
 
         c, r = self.config, self.runner
         cfg = asdict(c)
@@ -298,11 +303,11 @@ class Demo:
         ]  # fmt: skip
         *rows, tuned = r.run_all(evals + [router_job(self, merged["checkpoint"])])
         rows = [eval_public, eval_full] + rows
-        composition = run_composition(
-            self, rows, public=public, full=full, code=code, merged=merged["checkpoint"],
-            tuned=tuned["checkpoint"],
-        )  # fmt: skip
-        self.report(rows, composition, importance, distilled)
+        models = dict(full=full, code=code, merged=merged["checkpoint"], tuned=tuned["checkpoint"])
+        *composition, routing = r.run_all(
+            composition_jobs(self, rows, public=public, **models) + [routing_job(self, **models)]
+        )
+        self.report(rows, composition, importance, distilled, routing)
         return rows, composition
 
     def eval_settings(self) -> Dict[str, Any]:
@@ -321,12 +326,18 @@ class Demo:
         composition: List[Dict[str, Any]],
         importance: Dict[str, Any],
         distilled: Dict[str, Dict[str, Any]],
+        routing: Dict[str, Any],
     ) -> None:
         from .report import demo_report
 
         r = self.runner
         r.run(
             "report",
-            {"rows": rows, "composition": composition, "overlap": importance["overlap"]},
-            lambda: demo_report(self, rows, composition, importance, distilled),
+            {
+                "rows": rows,
+                "composition": composition,
+                "overlap": importance["overlap"],
+                "routing": r.upstream("routing"),
+            },
+            lambda: demo_report(self, rows, composition, importance, distilled, routing),
         )
