@@ -109,10 +109,40 @@ def test_quick_demo_composition_and_report(quick):
 
     md = (out / "report.md").read_text()
     assert "## Checks" in md and "## Composition" in md and "| merged + router tuning |" in md
-    for png in ("curves-0.png", "calibration-overlap.png", "width-allocation.png"):
+    assert "## Routing: where each domain's tokens go" in md
+    for png in ("curves-0.png", "calibration-overlap.png", "width-allocation.png", "routing.png"):
         assert f"plots/{png}" in md and (out / "plots" / png).stat().st_size > 1000
     records = [json.loads(p.read_text()) for p in (out / "stages").glob("*.json")]
     assert all(r["seconds"] >= 0 and r["cpu_seconds"] > 0 for r in records)
+
+
+def test_quick_demo_routing(quick):
+    from olmo_flex_ext.compose import RoutingStatistics
+
+    out, _ = quick
+    data = json.loads((out / "routing.json").read_text())
+    stats = {name: RoutingStatistics.from_json(d, name) for name, d in data.items()}
+    assert list(stats) == [
+        "math expert", "code expert", "merged", "merged + router tuning",
+        "tuned, code opted out", "tuned, math opted out",
+    ]  # fmt: skip
+    tokens = CONFIG.eval_windows * CONFIG.seq_len
+    for name, st in stats.items():
+        assert st.domains == ["general", "math", "code"] and st.n_layers == CONFIG.n_layers
+        assert st.tokens == {d: tokens for d in st.domains}
+    assert stats["math expert"].experts == ["public", "math"]
+    assert stats["merged"].top_k == CONFIG.merge_top_k and stats["merged"].num_experts == 3
+    for name, off in (("tuned, code opted out", 2), ("tuned, math opted out", 1)):
+        assert stats[name].opt_out == [off]
+        assert all(row[off] == 0 for d in stats[name].domains for row in stats[name].share[d])
+
+    # each expert model's router gives its domain expert more weight on that domain's tokens
+    # than on general text (its top-k is both experts, so the share is 1 and only the
+    # probability tells)
+    for name, domain in (("math expert", "math"), ("code expert", "code")):
+        p = stats[name].probability
+        mean = {d: stats[name].layer_mean(p, d)[1] for d in ("general", domain)}
+        assert mean[domain] > mean["general"], (name, mean)
 
 
 def _kill_when(out: Path, marker: str, timeout: float = 300.0) -> str:

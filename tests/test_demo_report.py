@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import pytest
 
-from olmo_flex_ext.demo.report import write_report
+from olmo_flex_ext.demo.report import routing_markdown, write_report
 from olmo_flex_ext.demo.results import (
     ResultRow,
     check_claims,
@@ -157,3 +157,39 @@ def test_composition_targets_ratios_and_names():
     md = targets_markdown(targets)
     assert md.startswith(f"{sum(t.holds for t in targets)} of 12 composition targets hold")
     assert "- [ ] merged (math 96): code loss 1.200x code expert's (target <= 1.15x)" in md
+
+
+def routing_stats():
+    from olmo_flex_ext.compose import RoutingStatistics
+
+    return RoutingStatistics(
+        domains=["general", "math"], num_experts=3, top_k=2,
+        tokens={"general": 128, "math": 128},
+        share={"general": [[1.0, 0.5, 0.5], [1.0, 0.25, 0.75]],
+               "math": [[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]},
+        probability={"general": [[0.5, 0.2, 0.3], [0.6, 0.1, 0.3]],
+                     "math": [[0.4, 0.0, 0.6], [0.4, 0.6, 0.0]]},
+        experts=["public", "math", "code"],
+    )  # fmt: skip
+
+
+def test_routing_markdown_and_plot(tmp_path):
+    from olmo_flex_ext.compose import RoutingStatistics
+
+    stats = routing_stats()
+    off = RoutingStatistics(**{**stats.to_json(), "opt_out": [2]})
+    off.share = {d: [[1.0, 1.0, 0.0]] * 2 for d in off.domains}
+    md = routing_markdown({"merged": stats, "code off": off}).splitlines()
+    assert md[0].startswith("| model | domain | experts | share of tokens |")
+    assert md[2] == (
+        "| merged | general | public / math / code | 1.00 / 0.38 / 0.62 | "
+        "1.00 / 0.50 / 0.50; 1.00 / 0.25 / 0.75 | 0.55 / 0.15 / 0.30 |"
+    )
+    assert md[3].startswith("| merged | math | public / math / code | 1.00 / 0.50 / 0.50 |")
+    assert md[4].startswith("| code off | general | public / math / code | 1.00 / 1.00 / off |")
+    assert len(md) == 6
+
+    write_report(tmp_path, rows(), routing={"merged": stats, "code off": off})
+    png = tmp_path / "plots" / "routing.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    assert "plots/routing.png" in (tmp_path / "report.md").read_text()

@@ -7,6 +7,8 @@ router-only training. Functions the demo and users call:
   (vectors from any embedder), :func:`load_domain_embeddings`;
 - :func:`fit_domain_router` (``olmo-flex domain-router``), :func:`save_domain_router`: router rows
   and expert bias that give a domain expert its domain's log-odds against public data;
+- :func:`routing_statistics` (on a built model), :func:`checkpoint_routing`: where the routers send
+  each domain's tokens (:class:`RoutingStatistics`);
 
 Router-only training (FlexOlmo's "RT") is :func:`olmo_flex_ext.recipes.with_router_training`; model
 config transforms (top-k, opt-out: ``with_opt_out``, ``without_experts``) live in
@@ -32,6 +34,9 @@ _EXPORTS = {
     "MergeError": "merge",
     "merge_experts": "merge",
     "set_opt_out": "optout",
+    "RoutingStatistics": "routing",
+    "checkpoint_routing": "routing",
+    "routing_statistics": "routing",
     "write_opt_out": "optout",
 }
 

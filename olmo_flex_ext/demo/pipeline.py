@@ -3,7 +3,7 @@
 ``data`` -> ``public`` (train) -> ``upcycle`` (domain routers, 2-expert models) ->
 ``math-expert`` (train) -> ``importance`` (math and general calibration) -> ``topk-store`` ->
 ``distill-<variant>`` (prune + KD train, per width) -> ``eval-<row>`` -> composition
-(``code-expert``, ``merge``, ``compose-<row>``) -> ``report``.
+(``code-expert``, ``merge``, ``router-tuning``, ``compose-<row>``, ``routing``) -> ``report``.
 """
 
 from __future__ import annotations
@@ -82,6 +82,10 @@ class Demo:
                 values = [m[key] for _, m in sorted(logged.items()) if key in m]
                 if values:
                     return f"final {label} {values[-1]:.3f}"
+        if name == "routing":
+            from .routing import routing_summary
+
+            return routing_summary(outputs)
         if name == "data":
             return f"{sum(v['tokens'] for v in outputs.values()):,} tokens"
         return ""
@@ -219,6 +223,7 @@ class Demo:
         """Run (or continue) every stage; returns the results rows and the composition rows.
         Stages in one ``run_all`` call are independent and may run side by side."""
         from .composition import Group, composition_jobs, merge_job, router_job
+        from .routing import routing_job
 
         c, r = self.config, self.runner
         cfg = asdict(c)
@@ -295,11 +300,15 @@ class Demo:
         *composition, tuned_half = r.run_all(
             first + [router_job(self, groups[1], merged_half["checkpoint"])]
         )
-        composition += r.run_all(
+        merges = [(groups[0], merged["checkpoint"], tuned["checkpoint"]),
+                  (groups[1], merged_half["checkpoint"], tuned_half["checkpoint"])]  # fmt: skip
+        *second, routing = r.run_all(
             composition_jobs(self, rows, groups[1], merged=merged_half["checkpoint"],
                              tuned=tuned_half["checkpoint"])
+            + [routing_job(self, merges, code=code)]
         )  # fmt: skip
-        self.report(rows, composition, importance, distilled)
+        composition += second
+        self.report(rows, composition, importance, distilled, routing)
         return rows, composition
 
     def eval_settings(self) -> Dict[str, Any]:
@@ -318,12 +327,18 @@ class Demo:
         composition: List[Dict[str, Any]],
         importance: Dict[str, Any],
         distilled: Dict[str, Dict[str, Any]],
+        routing: Dict[str, Any],
     ) -> None:
         from .report import demo_report
 
         r = self.runner
         r.run(
             "report",
-            {"rows": rows, "composition": composition, "overlap": importance["overlap"]},
-            lambda: demo_report(self, rows, composition, importance, distilled),
+            {
+                "rows": rows,
+                "composition": composition,
+                "overlap": importance["overlap"],
+                "routing": r.upstream("routing"),
+            },
+            lambda: demo_report(self, rows, composition, importance, distilled, routing),
         )

@@ -4,21 +4,25 @@ written to a temp name and renamed."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..atomic import atomic_file
 
-__all__ = ["plot_curves", "plot_overlap", "plot_widths"]
+if TYPE_CHECKING:
+    from ..compose.routing import RoutingStatistics
+
+__all__ = ["plot_curves", "plot_overlap", "plot_widths", "plot_routing"]
 
 
-def _plot(path: Path, draw: Any) -> None:
+def _plot(path: Path, draw: Any, panels: int = 1) -> None:
+    """``draw(ax)``, or with several ``panels`` side by side ``draw(list of axes)``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    draw(ax)
+    fig, ax = plt.subplots(1, panels, figsize=(6.4 * panels, 4.0), dpi=100, squeeze=False)
+    draw(list(ax[0]) if panels > 1 else ax[0][0])
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -75,3 +79,25 @@ def plot_widths(path: Path, widths: Mapping[str, Sequence[int]]) -> None:
         ax.grid(alpha=0.3)
 
     _plot(path, draw)
+
+
+def plot_routing(path: Path, stats: Mapping[str, RoutingStatistics]) -> None:
+    """One panel per model: for each layer and domain, a group of bars, the share of the
+    domain's tokens routed to each expert."""
+
+    def draw_one(ax: Any, title: str, st: RoutingStatistics) -> None:
+        groups = [(i, d) for i in range(st.n_layers) for d in st.domains]
+        step = 0.8 / st.num_experts
+        for e, name in enumerate(st.expert_names()):
+            xs = [g - 0.4 + step * (e + 0.5) for g in range(len(groups))]
+            ax.bar(xs, [st.share[d][i][e] for i, d in groups], width=step, label=name)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([f"L{i} {d}" for i, d in groups], rotation=45, ha="right")
+        ax.set(title=title, ylabel="share of the domain's tokens", ylim=(0, 1.25))
+        ax.legend(ncol=st.num_experts, loc="upper center", fontsize="small")
+
+    def draw(axes: Any) -> None:
+        for ax, (title, st) in zip(axes if len(stats) > 1 else [axes], stats.items()):
+            draw_one(ax, title, st)
+
+    _plot(path, draw, panels=max(len(stats), 1))

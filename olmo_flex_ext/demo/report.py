@@ -1,6 +1,7 @@
-"""The demo's tables and report: the results and composition tables (Markdown for ``report.md``,
-rich for the terminal), ``results.json``, ``composition.json`` and ``report.md`` with the checks of
-:mod:`.results`, the plots of :mod:`.plots` and the time each stage took."""
+"""The demo's tables and report: the results, composition and routing tables (Markdown for
+``report.md``, rich for the terminal), ``results.json``, ``composition.json``, ``routing.json`` and
+``report.md`` with the checks of :mod:`.results`, the plots of :mod:`.plots` and the time each
+stage took."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..atomic import write_atomic
-from .plots import plot_curves, plot_overlap, plot_widths
+from .plots import plot_curves, plot_overlap, plot_routing, plot_widths
 from .results import ResultRow, Widths, check_claims, validate_results
 from .targets import Target, composition_targets
 
 if TYPE_CHECKING:
+    from ..compose.routing import RoutingStatistics
     from .pipeline import Demo
 
 __all__ = [
     "markdown_table",
     "composition_markdown",
     "targets_markdown",
+    "routing_markdown",
     "print_tables",
     "write_report",
     "demo_report",
@@ -81,6 +84,28 @@ def targets_markdown(targets: Sequence[Target]) -> str:
     return "\n".join(lines + [f"- [{'x' if t.holds else ' '}] {t.text}" for t in targets])
 
 
+def _per_expert(values: Sequence[float], off: Sequence[int]) -> str:
+    return " / ".join("off" if e in off else f"{v:.2f}" for e, v in enumerate(values))
+
+
+def routing_markdown(stats: Mapping[str, RoutingStatistics]) -> str:
+    """Per model (by name) and domain: each expert's share of the domain's tokens (mean over
+    layers, then per layer) and its mean router probability (mean over layers)."""
+    lines = [
+        "| model | domain | experts | share of tokens | share per layer | mean probability |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, st in stats.items():
+        for d in st.domains:
+            per_layer = "; ".join(_per_expert(row, st.opt_out) for row in st.share[d])
+            lines.append(
+                f"| {name} | {d} | {' / '.join(st.expert_names())} | "
+                f"{_per_expert(st.layer_mean(st.share, d), st.opt_out)} | {per_layer} | "
+                f"{_per_expert(st.layer_mean(st.probability, d), st.opt_out)} |"
+            )
+    return "\n".join(lines)
+
+
 def print_tables(
     rows: List[Dict[str, Any]],
     composition: List[Dict[str, Any]],
@@ -129,6 +154,7 @@ def write_report(
     curves: Optional[Mapping[str, Mapping[str, Mapping[int, float]]]] = None,
     overlap: Optional[Mapping[int, Sequence[float]]] = None,
     allocation: Optional[Mapping[str, Sequence[int]]] = None,
+    routing: Optional[Mapping[str, RoutingStatistics]] = None,
     sections: Sequence[Tuple[str, str]] = (),
     notes: Sequence[str] = (),
     margin: float = 0.05,
@@ -140,6 +166,7 @@ def write_report(
         width, or the public model's training loss).
     :param overlap: W -> per-layer overlap of the top-W sets of math vs general calibration.
     :param allocation: label -> domain-expert width per layer.
+    :param routing: model name -> routing statistics, plotted per layer and domain.
     :param sections: ``(title, markdown)`` added after the checks (e.g. the composition table).
     """
     out = Path(out)
@@ -165,6 +192,9 @@ def write_report(
     if allocation:
         plot_widths(plots / "width-allocation.png", allocation)
         images.append(("Width allocation", "width-allocation.png"))
+    if routing:
+        plot_routing(plots / "routing.png", routing)
+        images.append(("Routing: share of each domain's tokens per expert", "routing.png"))
     for caption, name in images:
         md += [f"## {caption}", "", f"![{caption}](plots/{name})", ""]
     if notes:
@@ -174,14 +204,29 @@ def write_report(
     return out / "results.json"
 
 
+ROUTING_NOTE = (
+    "\n\nOn windows spread evenly over the held-out general, math and code token files (as "
+    "many as the loss evaluation reads). Share of tokens: the fraction of the domain's tokens whose top-k experts "
+    "include the expert (the shares sum to top-k; when top-k is every expert, as in the "
+    "two-expert models, each share is 1 and the routing shows only in the probabilities); "
+    "per layer: layer 0 first; mean probability: the router's softmax over the experts that "
+    "are on, averaged over tokens and layers (`olmo_flex_ext.compose.routing_statistics`). "
+    "Also in `routing.json`."
+)
+
+
 def demo_report(
     demo: Demo,
     rows: List[Dict[str, Any]],
     composition: List[Dict[str, Any]],
     importance: Dict[str, Any],
     distilled: Dict[str, Dict[str, Any]],
+    routing: Dict[str, Any],
 ) -> Dict[str, Any]:
+    from .routing import load_routing
+
     c, r = demo.config, demo.runner
+    stats = load_routing(routing, "routing stage")
     kl = {
         f"width {name}": curve(demo.path("runs", f"distill-{name}"), "train/KL")
         for name in distilled
@@ -199,6 +244,7 @@ def demo_report(
     total = sum(r.timings.values())
     cpu = sum(r.cpu_timings.values())
     write_json(demo.path("composition.json"), composition)
+    write_json(demo.path("routing.json"), routing)
     path = write_report(
         demo.out,
         [ResultRow(**row) for row in rows],
@@ -211,6 +257,7 @@ def demo_report(
         },
         overlap={int(w): v for w, v in importance["overlap"].items()},
         allocation=allocation,
+        routing={m: stats[m] for m in ("merged", "merged + router tuning")},
         sections=[
             (
                 "Composition: public + math + code experts, and opt-out",
@@ -228,6 +275,7 @@ def demo_report(
                 "Composition targets",
                 targets_markdown(composition_targets(composition, c.composition_tags())),
             ),
+            ("Routing: where each domain's tokens go", routing_markdown(stats) + ROUTING_NOTE),
         ],
         notes=[
             f"stage times, wall (CPU): {timings}",
@@ -238,4 +286,8 @@ def demo_report(
         margin=c.margin,
         accuracy=c.claim_accuracy,
     )
-    return {"results": str(path), "composition": str(demo.path("composition.json"))}
+    return {
+        "results": str(path),
+        "composition": str(demo.path("composition.json")),
+        "routing": str(demo.path("routing.json")),
+    }
