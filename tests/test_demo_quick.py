@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from olmo_flex_ext.demo import demo_config
+from olmo_flex_ext.demo.composition import row_name
 from olmo_flex_ext.demo.results import check_claims, validate_results
+from olmo_flex_ext.demo.targets import composition_targets
 
 pytestmark = pytest.mark.slow
 
@@ -85,30 +87,39 @@ def _per_layer(row):
 
 
 def test_quick_demo_composition_and_report(quick):
-    out, _ = quick
+    out, stdout = quick
     rows = {r["name"]: r for r in json.loads((out / "composition.json").read_text())}
-    assert list(rows) == [
-        "public", "math expert", "code expert", "merged", "merged + router tuning",
-        "tuned, math opted out", "tuned, code opted out",
-    ]  # fmt: skip
-    tuned, public = rows["merged + router tuning"], rows["public"]
-    assert tuned["experts"] == ["public", "math", "code"]
-    assert tuned["expert_widths"] == [CONFIG.public_width] * 3
-    # each expert knows its domain; merged, switching one off loses what it knows and keeps
-    # what the other knows (at quick scale the merged model's routers are barely tuned, so its
-    # own numbers are not asserted)
+    half = CONFIG.composed_width()
+    group = ["merged", "merged + router tuning", "tuned, math opted out", "tuned, code opted out"]
+    assert list(rows) == ["public", "math expert", "code expert"] + group + [
+        f"math expert (distilled {half})"
+    ] + [row_name(str(half), n) for n in group]  # fmt: skip
+    public = rows["public"]
+    # each expert knows its domain
     assert rows["math expert"]["math_loss"] < public["math_loss"]
     assert rows["code expert"]["code_loss"] < public["code_loss"]
-    math_off, code_off = rows["tuned, math opted out"], rows["tuned, code opted out"]
-    assert (
-        math_off["math_loss"] > tuned["math_loss"] and math_off["code_loss"] < public["code_loss"]
-    )
-    assert (
-        code_off["code_loss"] > tuned["code_loss"] and code_off["math_loss"] < public["math_loss"]
-    )
+    for tag, math_width in (("", CONFIG.public_width), (str(half), half)):
+        tuned = rows[row_name(tag, "merged + router tuning")]
+        assert tuned["experts"] == ["public", "math", "code"]
+        assert tuned["expert_widths"] == [CONFIG.public_width, math_width, CONFIG.public_width]
+        # merged, each domain does better than without its expert; switching one off loses
+        # what it knows and keeps what the other knows
+        for name in ("merged", "merged + router tuning"):
+            row = rows[row_name(tag, name)]
+            assert row["math_loss"] < public["math_loss"] and row["code_loss"] < public["code_loss"]
+        math_off = rows[row_name(tag, "tuned, math opted out")]
+        code_off = rows[row_name(tag, "tuned, code opted out")]
+        assert math_off["math_loss"] > tuned["math_loss"]
+        assert math_off["code_loss"] < public["code_loss"]
+        assert code_off["code_loss"] > tuned["code_loss"]
+        assert code_off["math_loss"] < public["math_loss"]
+    targets = composition_targets(list(rows.values()), CONFIG.composition_tags())
+    assert len(targets) == 24
 
     md = (out / "report.md").read_text()
     assert "## Checks" in md and "## Composition" in md and "| merged + router tuning |" in md
+    assert f"{sum(t.holds for t in targets)} of 24 composition targets hold" in md
+    assert "composition targets:" in stdout
     assert "## Routing: where each domain's tokens go" in md
     for png in ("curves-0.png", "calibration-overlap.png", "width-allocation.png", "routing.png"):
         assert f"plots/{png}" in md and (out / "plots" / png).stat().st_size > 1000
@@ -122,10 +133,11 @@ def test_quick_demo_routing(quick):
     out, _ = quick
     data = json.loads((out / "routing.json").read_text())
     stats = {name: RoutingStatistics.from_json(d, name) for name, d in data.items()}
-    assert list(stats) == [
-        "math expert", "code expert", "merged", "merged + router tuning",
-        "tuned, code opted out", "tuned, math opted out",
-    ]  # fmt: skip
+    half = str(CONFIG.composed_width())
+    group = ["merged", "merged + router tuning", "tuned, code opted out", "tuned, math opted out"]
+    assert list(stats) == ["math expert", "code expert"] + group + [
+        f"math expert (distilled {half})"
+    ] + [row_name(half, n) for n in group]  # fmt: skip
     tokens = CONFIG.eval_windows * CONFIG.seq_len
     for name, st in stats.items():
         assert st.domains == ["general", "math", "code"] and st.n_layers == CONFIG.n_layers

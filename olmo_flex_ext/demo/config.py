@@ -48,6 +48,10 @@ class DemoConfig:
     expert: RunSettings = field(default_factory=lambda: RunSettings(400, 5e-3))
     """The math expert (only its MLP rows train; its router row and expert bias stay the domain
     router fitted on the public model, see ``train_expert_router``)."""
+    expert_with_public: bool = False
+    """Train each domain expert on its domain's data and the general (public) corpus together,
+    in proportion to their tokens (FlexOlmo's data constraint allows it: public data is
+    everyone's); else on the domain's data only."""
     train_expert_router: bool = False
     """Also train each domain expert's router row and expert bias (FlexOlmo's expert training),
     instead of keeping the domain router fixed."""

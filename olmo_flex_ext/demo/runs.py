@@ -115,8 +115,9 @@ def expert_experiment(
     from ..recipes import with_expert_training
     from ..train.experiment import resolve_model
 
+    splits = [split, "general-train"] if config.expert_with_public else split
     experiment = _experiment(
-        config, data, save_folder, split=split, run=run, name=name, load_path=upcycled
+        config, data, save_folder, split=splits, run=run, name=name, load_path=upcycled
     )
     experiment = with_expert_training(experiment, [1], train_router=config.train_expert_router)
     return resolve_model(experiment, name)
