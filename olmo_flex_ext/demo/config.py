@@ -48,10 +48,12 @@ class DemoConfig:
     expert: RunSettings = field(default_factory=lambda: RunSettings(400, 5e-3))
     """The math expert (only its MLP rows train; its router row and expert bias stay the domain
     router fitted on the public model, see ``train_expert_router``)."""
-    expert_with_public: bool = False
+    expert_with_public: bool = True
     """Train each domain expert on its domain's data and the general (public) corpus together,
     in proportion to their tokens (FlexOlmo's data constraint allows it: public data is
-    everyone's); else on the domain's data only."""
+    everyone's); else on the domain's data only. With the mix the expert learns to leave the
+    tokens its router gives it a little weight on (general text, other domains) as the public
+    model has them: docs/composition.md has the numbers."""
     train_expert_router: bool = False
     """Also train each domain expert's router row and expert bias (FlexOlmo's expert training),
     instead of keeping the domain router fixed."""
