@@ -197,6 +197,9 @@ BAD_ARGUMENTS = [
     Case("domain-embed-name-twice", lambda i, t: [
         "domain-embed", i.ck, "--data", f"a={i.glob}", "--data", f"a={i.glob}", "--seq-len", SEQ,
         "--num-seqs", 2, "--out", out(t, "e.safetensors")], ["'a' is given twice"]),
+    Case("domain-router-negative-l2", lambda i, t: [
+        "domain-router", i.ck, "--data", i.glob, "--public-data", i.glob, "--seq-len", SEQ,
+        "--num-seqs", 2, "--l2", -1, "--out", out(t, "r.safetensors")], ["--l2 at least 0"]),
     Case("import-olmo-core-of-our-own-checkpoint", lambda i, t: [
         "import-olmo-core", i.ck, out(t)], ["is not a stock OLMo-core MoE checkpoint"]),
     Case("export-olmo-core-narrow-experts-without-pad", lambda i, t: [

@@ -91,6 +91,9 @@ CONFLICTS = [
     Case("domain-embed-out-is-a-token-file", lambda i, t: [
         "domain-embed", i.ck, "--data", i.glob, "--seq-len", 32, "--num-seqs", 2,
         "--out", i.data[1], "--overwrite"], ["is the input {root}/data/part-01.npy"]),
+    Case("domain-router-out-is-a-token-file", lambda i, t: [
+        "domain-router", i.ck, "--data", i.glob, "--public-data", i.glob, "--seq-len", 32,
+        "--num-seqs", 2, "--out", i.data[1], "--overwrite"], ["is the input {root}/data/part-01.npy"]),
     Case("merge-out-is-an-input", lambda i, t: [
         "merge", i.ck, i.other, "--top-k", 2, "--out", i.other, "--overwrite"],
         ["is the input {root}/other"]),

@@ -77,6 +77,9 @@ COMMANDS = [
     Case("domain-embed", lambda i, t: [
         "domain-embed", evil_ck(i, t), "--data", i.glob, "--seq-len", SEQ, "--num-seqs", 2,
         "--out", t / "e.safetensors"], [UNSAFE]),
+    Case("domain-router", lambda i, t: [
+        "domain-router", evil_ck(i, t), "--data", i.glob, "--public-data", i.glob, "--seq-len", SEQ,
+        "--num-seqs", 2, "--out", t / "r.safetensors"], [UNSAFE]),
     Case("upcycle", lambda i, t: ["upcycle", evil_ck(i, t), t / "out", "--experts", 2], [UNSAFE]),
     Case("export-olmo-core", lambda i, t: [
         "export-olmo-core", evil_ck(i, t), t / "out", "--layout", "dropless", "--pad"], [UNSAFE]),
