@@ -259,3 +259,13 @@ def test_7b_router_config_trains_only_the_routers_of_the_checkpoint(tmp_path, mo
     assert config.train_module.optim.weight_decay == 0.0
     assert isinstance(config.trainer.callbacks["router_only_check"], RouterOnlyCheck)
     assert config.dataset.paths == [f"{tmp_path / 'data'}/router-mix/*.npy"]
+
+
+def test_merge_ignores_how_each_expert_was_trained(experts, tmp_path):
+    """``freeze_params`` records what an expert's run froze (its router row, say); experts
+    trained with and without their router row merge, and the merged model freezes nothing."""
+    config = read_model_config(experts[1])
+    config.freeze_params = ["blocks.*.feed_forward_moe.router.*"]
+    save_model(tmp_path / "e1", config, load_model(experts[1]).state_dict())
+    merged = merge_experts([experts[0], tmp_path / "e1"], tmp_path / "m", top_k=2, progress=False)
+    assert read_model_config(merged).freeze_params is None

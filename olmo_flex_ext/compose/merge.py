@@ -106,9 +106,11 @@ def _read_input(path: PathLike) -> _Input:
 
 
 def _settings(config: TransformerConfig) -> Dict[str, Any]:
-    """The config as a dict with what merging may change (domain widths, top_k, opt-out) blanked,
-    layer by layer, so any other difference between inputs shows."""
+    """The config as a dict with what merging may change (domain widths, top_k, opt-out) and what
+    only concerns training (``freeze_params``: each expert's run froze what it did not train)
+    blanked, layer by layer, so any other difference between inputs shows."""
     model = config.as_config_dict()
+    model.pop("freeze_params", None)
     model.pop("block_overrides", None)
     model.pop("block", None)
     layers = {}
@@ -164,6 +166,7 @@ def merged_config(inputs: Sequence[_Input], top_k: int) -> TransformerConfig:
     if not 1 <= top_k <= num:
         raise MergeError(f"--top-k {top_k} must be between 1 and the number of experts ({num})")
     config = with_expert_widths(inputs[0].config, widths)
+    config.freeze_params = None  # how the first input was trained is not the merged model's
     return with_opt_out(with_top_k(config, top_k), None)
 
 
