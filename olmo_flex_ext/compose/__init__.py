@@ -31,6 +31,8 @@ _EXPORTS = {
     "save_domain_router": "domain_router",
     "for_router_inputs": "embeddings",
     "read_windows": "embeddings",
+    "read_domain_windows": "embeddings",
+    "run_batches": "embeddings",
     "MergeError": "merge",
     "merge_experts": "merge",
     "set_opt_out": "optout",

@@ -30,7 +30,7 @@ import torch
 
 from ..atomic import atomic_file
 from ..errors import UserError
-from .embeddings import for_router_inputs, read_windows
+from .embeddings import for_router_inputs, read_domain_windows
 
 __all__ = ["DomainRouter", "fit_log_odds", "fit_domain_router", "save_domain_router"]
 
@@ -110,13 +110,11 @@ def fit_domain_router(
     layer, the log-odds of the ``own`` token files against the ``public`` ones from the router
     inputs of ``num_seqs`` windows of ``seq_len`` from each (``tokens_per_seq`` evenly spaced
     positions of each window, default all)."""
-    from ..checkpoint import load_model, read_model_config, resolve_checkpoint
+    from ..checkpoint import load_model, resolve_checkpoint
 
-    vocab = read_model_config(checkpoint).vocab_size
-    data = {  # read the data first: a bad path fails before a big model loads
-        name: read_windows(globs, vocab, seq_len=seq_len, num_seqs=num_seqs, dtype=dtype)
-        for name, globs in (("own", own), ("public", public))
-    }
+    data = read_domain_windows(
+        checkpoint, {"own": own, "public": public}, seq_len=seq_len, num_seqs=num_seqs, dtype=dtype
+    )
     model = load_model(checkpoint)
     step = max(1, seq_len // (tokens_per_seq or seq_len))
     inputs: Dict[str, List[List[torch.Tensor]]] = {}

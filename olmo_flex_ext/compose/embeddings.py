@@ -33,6 +33,8 @@ __all__ = [
     "mean_router_inputs",
     "for_router_inputs",
     "read_windows",
+    "read_domain_windows",
+    "run_batches",
     "compute_domain_embeddings",
     "save_domain_embeddings",
     "load_domain_embeddings",
@@ -97,10 +99,26 @@ def for_router_inputs(
         )
         for i, module in enumerate(router_input_layers(model))
     ]
-    count = 0
     try:
-        was_training = model.training
-        model.eval()
+        return run_batches(model, batches, progress=progress, description=description)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def run_batches(
+    model: Transformer,
+    batches: Sequence[torch.Tensor],
+    *,
+    progress: bool = True,
+    description: str = "batches",
+) -> int:
+    """Run ``model`` in eval mode without gradients on ``batches`` of token ids (for the hooks
+    a caller has registered; its training mode is restored); returns the number of tokens."""
+    count = 0
+    was_training = model.training
+    model.eval()
+    try:
         device = next(model.parameters()).device
         bar = progress_bar(
             description, len(batches), unit="batches", enabled=progress, transient=True
@@ -110,10 +128,8 @@ def for_router_inputs(
                 model(ids.to(device))
                 count += ids.numel()
                 advance()
-        model.train(was_training)
     finally:
-        for h in handles:
-            h.remove()
+        model.train(was_training)
     return count
 
 
@@ -156,6 +172,25 @@ def read_windows(
     return files, torch.from_numpy(rows.astype(np.int64))
 
 
+def read_domain_windows(
+    checkpoint: PathLike,
+    data: Mapping[str, Union[str, Sequence[str]]],
+    *,
+    seq_len: int,
+    num_seqs: int,
+    dtype: Optional[str] = None,
+) -> Dict[str, Tuple[Any, torch.Tensor]]:
+    """:func:`read_windows` of each domain in ``data`` (name -> globs), checked against
+    ``checkpoint``'s vocabulary; read before the model loads, so a bad path fails early."""
+    from ..checkpoint import read_model_config
+
+    vocab = read_model_config(checkpoint).vocab_size
+    return {
+        name: read_windows(globs, vocab, seq_len=seq_len, num_seqs=num_seqs, dtype=dtype)
+        for name, globs in data.items()
+    }
+
+
 def compute_domain_embeddings(
     checkpoint: PathLike,
     data: Mapping[str, Union[str, Sequence[str]]],
@@ -170,13 +205,9 @@ def compute_domain_embeddings(
     """Mean router inputs of ``checkpoint``'s model for each domain in ``data`` (name -> globs of
     OLMo-core token files), over ``num_seqs`` windows of ``seq_len`` tokens spread over the data.
     With ``normalize`` each layer's vector is scaled to unit L2 norm."""
-    from ..checkpoint import load_model, read_model_config, resolve_checkpoint
+    from ..checkpoint import load_model, resolve_checkpoint
 
-    vocab = read_model_config(checkpoint).vocab_size
-    domains = {  # read the data first: a bad path fails before a big model loads
-        name: read_windows(globs, vocab, seq_len=seq_len, num_seqs=num_seqs, dtype=dtype)
-        for name, globs in data.items()
-    }
+    domains = read_domain_windows(checkpoint, data, seq_len=seq_len, num_seqs=num_seqs, dtype=dtype)
     model = load_model(checkpoint)
     names, vectors, data_info, tokens_info = [], [], [], []
     for name, (files, ids) in domains.items():

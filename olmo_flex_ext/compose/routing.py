@@ -30,8 +30,7 @@ from olmo_core.nn.transformer import Transformer
 
 from ..atomic import write_atomic
 from ..errors import UserError
-from ..progress import progress_bar
-from .embeddings import read_windows
+from .embeddings import read_domain_windows, run_batches
 
 __all__ = ["RoutingStatistics", "routing_statistics", "checkpoint_routing"]
 
@@ -235,23 +234,16 @@ def routing_statistics(
     previous = list(getattr(routers[0], "opt_out", []))
     counters = [_LayerCounter(r) for r in routers]
     handles = [r.register_forward_hook(c) for r, c in zip(routers, counters)]
-    was_training = model.training
     share: Dict[str, Table] = {}
     probability: Dict[str, Table] = {}
     tokens: Dict[str, int] = {}
     try:
         if opt_out:
             set_opt_out(model, list(opt_out))
-        model.eval()
-        device = next(model.parameters()).device
         for domain, batches in batches_by_domain.items():
             for c in counters:
                 c.reset()
-            bar = progress_bar(f"routing {domain}", len(batches), unit="batches", enabled=progress)
-            with torch.no_grad(), bar as advance:
-                for ids in batches:
-                    model(ids.to(device))
-                    advance()
+            run_batches(model, batches, progress=progress, description=f"routing {domain}")
             if counters[0].tokens == 0:
                 raise UserError(f"no tokens for domain {domain!r}: give at least one sequence")
             tables = [c.table() for c in counters]
@@ -265,7 +257,6 @@ def routing_statistics(
             h.remove()
         if opt_out:
             set_opt_out(model, previous)
-        model.train(was_training)
     return RoutingStatistics(
         domains=list(batches_by_domain), num_experts=counters[0].total, top_k=top_k,
         tokens=tokens, share=share, probability=probability,
@@ -287,13 +278,11 @@ def checkpoint_routing(
 ) -> RoutingStatistics:
     """Routing statistics of ``checkpoint``'s model on ``num_seqs`` windows of ``seq_len`` tokens
     per domain (name -> globs of token files), read like :func:`compute_domain_embeddings` does."""
-    from ..checkpoint import load_model, read_model_config, resolve_checkpoint
+    from ..checkpoint import load_model, resolve_checkpoint
 
-    vocab = read_model_config(checkpoint).vocab_size
-    domains = {  # read the data first: a bad path fails before a big model loads
-        name: read_windows(globs, vocab, seq_len=seq_len, num_seqs=num_seqs, dtype=dtype)
-        for name, globs in token_globs.items()
-    }
+    domains = read_domain_windows(
+        checkpoint, token_globs, seq_len=seq_len, num_seqs=num_seqs, dtype=dtype
+    )
     model = load_model(checkpoint)
     batches = {name: list(ids.split(batch_size)) for name, (_, ids) in domains.items()}
     stats = routing_statistics(model, batches, opt_out=opt_out, experts=experts, progress=progress)
